@@ -1,0 +1,64 @@
+"""Decoding audio files into mono float32 sample arrays with PyAV (FFmpeg).
+
+Used inside worker processes, never on the HTTP side. Every decoder failure becomes
+`InvalidAudio` carrying FFmpeg's reason; audio longer than the configured limit becomes
+`PayloadTooLarge` as soon as decoding passes the limit, so a huge file is never held whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+from app.errors import InvalidAudio, PayloadTooLarge
+
+
+def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio stream of `path`, resampled to `sample_rate` Hz, mixed to mono.
+
+    Returns a float32 array in [-1, 1] of shape (samples,). Corrupt packets inside an
+    otherwise valid stream are skipped, as FFmpeg does. Raises `InvalidAudio` when the file
+    cannot be opened, holds no audio stream, or holds no decodable audio frame, and
+    `PayloadTooLarge` when the audio is longer than `max_seconds`.
+    """
+    max_samples = None if max_seconds is None else int(max_seconds * sample_rate)
+    chunks: list[np.ndarray] = []
+    total = 0
+    try:
+        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise InvalidAudio("the file has no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            decoded_any = False
+            for frame in _frames(container, stream):
+                decoded_any = True
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    total += chunk.shape[0]
+                if max_samples is not None and total > max_samples:
+                    raise PayloadTooLarge(
+                        f"the audio is longer than the {max_seconds:g} s limit "
+                        "(REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
+                    )
+            if not decoded_any:
+                raise InvalidAudio("no audio frame could be decoded")
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except av.FFmpegError as exc:
+        raise InvalidAudio(f"cannot decode the audio: {exc.strerror or exc}") from None
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _frames(container: av.container.InputContainer, stream: av.AudioStream):
+    """Decoded frames of `stream`, skipping packets FFmpeg reports as invalid data."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            continue

@@ -1,0 +1,88 @@
+"""The HTTP side's client for the model workers.
+
+`call()` opens one connection per request to ``<state>/run/<kind>.sock``, sends the
+request, and waits for the reply. While a worker is (re)starting its socket is missing or
+refuses connections: the client keeps trying for `Settings.worker_start_timeout` seconds.
+A worker that dies while holding the request closes the connection without a reply, which
+becomes `Unavailable` (503). If the calling task is cancelled (the HTTP client went away),
+the connection is closed and the worker cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, TypeVar, Union
+
+import msgspec
+
+from app.errors import Unavailable, from_failure
+from app.settings import Settings
+from app.workers.protocol import Failure, Ping, Pong, encode_frame, read_frame
+from app.workers.registry import socket_path, spec
+
+_R = TypeVar("_R", bound=msgspec.Struct)
+
+
+async def _connect(path: str, deadline: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    delay = 0.05
+    while True:
+        try:
+            return await asyncio.open_unix_connection(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+async def call(settings: Settings, kind: str, request: msgspec.Struct, result_type: type[_R]) -> _R:
+    """Send `request` to the `kind` worker and return its `result_type` reply.
+
+    Raises the `app.errors.ServiceError` the worker reported, or `Unavailable` when the
+    worker is not configured, does not come up in time, or dies during the job.
+    """
+    worker = spec(kind)
+    if not worker.configured(settings):
+        raise Unavailable(worker.not_configured_detail or f"{kind} is not configured on this host")
+    path = str(socket_path(settings, kind))
+    try:
+        reader, writer = await _connect(path, time.monotonic() + settings.worker_start_timeout)
+    except OSError:
+        raise Unavailable(
+            f"the {kind} worker is not running (still loading its model, or failing to start: "
+            "see the service log); retry later",
+            retry_after=10,
+        ) from None
+    try:
+        writer.write(encode_frame(request))
+        await writer.drain()
+        body = await read_frame(reader)
+    except (ConnectionError, BrokenPipeError):
+        body = None
+    finally:
+        writer.close()
+    if body is None:
+        raise Unavailable(f"the {kind} worker stopped while handling this request; retry", retry_after=5)
+    reply: Any = msgspec.msgpack.decode(body, type=Union[result_type, Failure])
+    if isinstance(reply, Failure):
+        raise from_failure(reply.kind, reply.detail, reply.retry_after)
+    return reply
+
+
+async def ping(settings: Settings, kind: str, timeout: float = 2.0) -> Pong | None:
+    """The worker's `Pong`, or None when it is not listening or does not answer in `timeout` s."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(socket_path(settings, kind)))
+            try:
+                writer.write(encode_frame(Ping()))
+                await writer.drain()
+                body = await read_frame(reader)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return None
+    if body is None:
+        return None
+    return msgspec.msgpack.decode(body, type=Pong)

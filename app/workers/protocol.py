@@ -1,0 +1,72 @@
+"""Wire format between the HTTP side and the model workers.
+
+A frame is a 4-byte big-endian length followed by a msgpack document (msgspec). A
+connection carries exactly one request and one reply: the client sends a tagged request
+struct, the worker answers with the engine's tagged result struct or a `Failure`. A client
+that closes its end before the reply cancels the job. Every message is a tagged
+`msgspec.Struct`, so a decoder is built from the union of the types it accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgspec
+
+MAX_FRAME_BYTES = 256 * 1024 * 1024  # a 6-hour transcript is a few MB; this is a sanity cap
+_LENGTH = struct.Struct(">I")
+
+
+class Ping(msgspec.Struct, tag="ping", frozen=True):
+    """Liveness and readiness probe; answered at once even while a job runs."""
+
+
+class Pong(msgspec.Struct, tag="pong", frozen=True):
+    """Answer to `Ping`.
+
+    `model`: what the engine loaded (a name or path); `device`: ``cpu`` or ``cuda``;
+    `busy`: jobs running or queued; `info`: engine-specific facts (e.g. languages).
+    """
+
+    kind: str
+    model: str
+    device: str
+    busy: int = 0
+    info: dict[str, Any] = {}
+
+
+class Failure(msgspec.Struct, tag="failure", frozen=True):
+    """A job failed. `kind` is the name of an `app.errors.ServiceError` subclass."""
+
+    kind: str
+    detail: str
+    retry_after: int | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_frame(message: msgspec.Struct) -> bytes:
+    """Serialise `message` into one length-prefixed frame."""
+    body = _encoder.encode(message)
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """Read one frame's body; None when the peer closed the connection first.
+
+    Raises `ValueError` for a frame over `MAX_FRAME_BYTES`.
+    """
+    try:
+        header = await reader.readexactly(_LENGTH.size)
+    except asyncio.IncompleteReadError:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        return None

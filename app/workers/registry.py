@@ -25,6 +25,7 @@ class WorkerSpec:
 
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("whisper", "app.workers.whisper:WhisperEngine"),
+    WorkerSpec("diarizer", "app.workers.diarizer:DiarizerEngine"),
 )
 
 

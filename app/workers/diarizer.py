@@ -75,16 +75,20 @@ def speaker_numbers(labels: Iterable[str]) -> dict[str, int]:
     return {label: index for index, label in enumerate(labels)}
 
 
-def to_turns(segments: Iterable[tuple[float, float, str]], offset: float = 0.0) -> list[Turn]:
+def to_turns(
+    segments: Iterable[tuple[float, float, str]], offset: float = 0.0, duration: float | None = None
+) -> list[Turn]:
     """`(start, end, label)` triples (seconds) -> sorted `Turn`s shifted by `offset` seconds.
 
-    Times are rounded to 3 decimals after the shift; turns that round to zero length are
-    dropped.
+    Turns are first clipped to ``[0, duration]`` (pyannote pads the last window, so a turn
+    can run past the end of the audio); times are rounded to 3 decimals after the shift;
+    turns that round to zero length are dropped.
     """
     segments = list(segments)
     numbers = speaker_numbers(label for _, _, label in segments)
     turns = []
     for start, end, label in segments:
+        start, end = max(start, 0.0), end if duration is None else min(end, duration)
         start, end = round(start + offset, 3), round(end + offset, 3)
         if end > start:
             turns.append(Turn(start=start, end=end, speaker=numbers[label]))
@@ -173,4 +177,4 @@ class DiarizerEngine:
             raise Unavailable("cancelled: the client went away") from None
         annotation = getattr(output, "speaker_diarization", output)
         segments = ((segment.start, segment.end, label) for segment, _, label in annotation.itertracks(yield_label=True))
-        return Diarization(diarization=to_turns(segments, request.timestamp), duration=round(duration, 3))
+        return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))

@@ -54,7 +54,7 @@ class CAMPPlusEmbedding(Model):
         super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
         from speakerlab.models.campplus.DTDNN import CAMPPlus
 
-        self.campplus = CAMPPlus(feat_dim=NUM_MEL_BINS, embedding_size=EMBEDDING_SIZE)
+        self.campplus = CAMPPlus(feat_dim=NUM_MEL_BINS, embedding_size=EMBEDDING_SIZE, memory_efficient=False)
 
     @property
     def dimension(self) -> int:

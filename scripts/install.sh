@@ -29,13 +29,11 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -e '.[test]'
 
-# Diarization. torchaudio from PyPI links CUDA libraries it does not ship, so
-# `import torchaudio` fails on a CPU-only machine until its compiled extensions are gone;
-# pyannote.audio only uses its pure-Python parts (Kaldi fbank, resampling).
-# A GPU image installs the CUDA builds of torch/torchaudio instead and skips this.
-if [ "${REFLECTOR_GPU_KEEP_TORCHAUDIO_LIBS:-0}" != 1 ]; then
-  rm -f .venv/lib/python3*/site-packages/torchaudio/lib/*.so
-fi
+# Diarization. The PyPI torchaudio wheel links CUDA libraries it does not ship (and is
+# built for an older torch), so `import torchaudio` fails until its compiled extensions
+# are gone. pyannote.audio and CAM++ only use its pure-Python parts (Kaldi fbank,
+# resampling), on the CPU and on CUDA alike, so they are removed everywhere.
+rm -f .venv/lib/python3*/site-packages/torchaudio/lib/*.so
 # CAM++ architecture (3D-Speaker); --no-deps: its model modules import only torch, and
 # its declared dependencies (modelscope, ...) are heavy and unused.
 "${PIP[@]}" --no-deps "speakerlab-slim==0.1.0"

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import wave
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def synthesize(voice: tuple[str, int, int], text: str, scratch: Path) -> np.ndar
     name, pitch, speed = voice
     raw, out = scratch / "raw.wav", scratch / "out.wav"
     subprocess.run(["espeak-ng", "-v", name, "-p", str(pitch), "-s", str(speed), "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
+    subprocess.run(["sox", "-V1", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)], check=True)
     with wave.open(str(out)) as handle:
         samples = np.frombuffer(handle.readframes(handle.getnframes()), dtype=np.int16)
     return samples.astype(np.float32) / 32768.0
@@ -149,7 +150,10 @@ def main() -> int:
     parser.add_argument("--max-similarity", type=float, default=0.5)
     parser.add_argument("--step", type=float, default=0.1, help="segmentation step used while tuning")
     parser.add_argument("--other-steps", type=float, nargs="*", default=[0.2, 0.25, 0.5])
+    parser.add_argument("--threshold", type=float, help="skip the sweep; score this threshold at the other steps")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    warnings.filterwarnings("ignore", message="'uem' was approximated")
 
     from pyannote.core import Annotation, Segment
     from pyannote.metrics.diarization import DiarizationErrorRate
@@ -196,13 +200,17 @@ def main() -> int:
     pipeline.training = True  # cache segmentation + embeddings per file across thresholds
     started = time.monotonic()
     results = []
-    for threshold in np.round(np.arange(0.4, 1.05, 0.05), 2):
+    sweep = [] if args.threshold is not None else np.round(np.arange(0.4, 1.05, 0.05), 2)
+    for threshold in sweep:
         der, count_error = evaluate(float(threshold))
-        results.append((der, float(threshold)))
+        results.append((der, count_error, float(threshold)))
         print(f"threshold {threshold:.2f}: DER {der:.4f}, mean |speaker count error| {count_error:.2f}")
-    best_der, best = min(results)
-    print(f"best threshold {best:.2f} (DER {best_der:.4f}) at step {args.step}; sweep took "
-          f"{time.monotonic() - started:.0f} s")
+    if results:
+        best_der, _, best = min(results)
+        print(f"best threshold {best:.2f} (DER {best_der:.4f}) at step {args.step}; sweep took "
+              f"{time.monotonic() - started:.0f} s")
+    else:
+        best = args.threshold
     for step in args.other_steps:
         pipeline.training = False
         inference = pipeline._segmentation

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -122,6 +123,10 @@ class DiarizerEngine:
         if self.source.kind != "hub":
             os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
         warnings.filterwarnings("ignore", module=r"pyannote\..*")
+        # pyannote imports onnxruntime only for hub embeddings named "wespeaker" without
+        # "pyannote", which no source here produces; loading its native library costs
+        # start-up time and memory and writes a device-id file under ~/.cache.
+        sys.modules.setdefault("onnxruntime", None)  # type: ignore[arg-type]
 
         import torch
 

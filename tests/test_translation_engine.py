@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from translation_models import build_marian, generated_sentences, m2m100_model, marian_model  # noqa: F401
+from tests.translation_models import build_marian, generated_sentences, m2m100_model, marian_model  # noqa: F401
 
 from app import models
 from app.errors import BadRequest

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from translation_models import m2m100_model  # noqa: F401
+from tests.translation_models import m2m100_model  # noqa: F401
 
 from app import settings as settings_module
 from app.errors import BadRequest, Unavailable

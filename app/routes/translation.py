@@ -15,8 +15,11 @@ and the answer is 503 saying how to install one.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import post
+from litestar.params import Parameter
 
 from app.errors import BadRequest, PayloadTooLarge
 from app.languages import load_table
@@ -52,9 +55,9 @@ def _code(value: str | None, default: str) -> str:
 async def translate(
     settings: Settings,
     data: TranslationParameters | None = None,
-    text: str | None = None,
-    source_language: str | None = None,
-    target_language: str | None = None,
+    text: Annotated[str | None, Parameter(description="the text to translate")] = None,
+    source_language: Annotated[str | None, Parameter(description="Reflector's code, default en")] = None,
+    target_language: Annotated[str | None, Parameter(description="Reflector's code, default fr")] = None,
 ) -> TranslationResult:
     """Translate ``text`` from ``source_language`` (default ``en``) to ``target_language`` (default ``fr``).
 

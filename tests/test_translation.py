@@ -3,11 +3,12 @@ translator worker on a tiny random model built locally, Granian with TLS)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Service, running_service
+from tests.conftest import Service, running_service, start_service
 from tests.translation_models import generated_sentences, m2m100_model, marian_model  # noqa: F401
 
 MAX_CHARS = 6000
@@ -134,3 +135,14 @@ def test_no_model_is_503_with_instructions_and_ready_says_not_configured(service
 def test_ready_with_a_model(m2m100_service):
     ready = m2m100_service.client(key=None).get("/ready").json()
     assert ready["status"] == "ready" and ready["workers"]["translator"] == "ready"
+
+
+def test_a_missing_model_directory_stops_the_start_naming_the_setting(cert_dir, tmp_path):
+    missing = tmp_path / "no-such-model"
+    service = start_service(cert_dir, wait=False, REFLECTOR_GPU_TRANSLATION_MODEL=str(missing))
+    try:
+        assert service.process.wait(timeout=90) != 0
+        assert f"REFLECTOR_GPU_TRANSLATION_MODEL={missing}: no CTranslate2 model.bin" in service.log()
+    finally:
+        service.stop()
+        shutil.rmtree(service.state_dir, ignore_errors=True)

@@ -42,6 +42,7 @@ from app.workers.protocol import Pong
 
 log = logging.getLogger("app.worker.translator")
 
+CUDA_COMPUTE_TYPE = "int8_float16"  # int8 weights, float16 activations; the CPU default stays int8
 BEAM_SIZE = 4  # CTranslate2's and fairseq's usual setting for translation
 MAX_BATCH_SIZE = 32  # sentences decoded together; bounds memory on long texts
 MAX_SOURCE_TOKENS = 200  # longer "sentences" (unpunctuated transcripts) are cut at word starts
@@ -276,7 +277,7 @@ class TranslatorEngine:
         self.source_spm, self.target_spm = processors[0], processors[-1]
         self.droppable = self._non_text_tokens(vocabulary)
         self.device = ct2_device(settings)
-        self.compute_type = ct2_compute_type(settings, self.device, cuda_default="int8_float16")
+        self.compute_type = ct2_compute_type(settings, self.device, cuda_default=CUDA_COMPUTE_TYPE)
         self.translator = ctranslate2.Translator(
             str(self.model_path),
             device=self.device,

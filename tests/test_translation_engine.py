@@ -9,7 +9,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.translation_models import build_marian, generated_sentences, m2m100_model, marian_model  # noqa: F401
+from tests.translation_models import (  # noqa: F401 - fixtures
+    build_marian,
+    generated_sentences,
+    m2m100_model,
+    madlad_model,
+    marian_model,
+    nllb_model,
+)
 
 from app import models
 from app.errors import BadRequest
@@ -232,3 +239,30 @@ def test_long_text_is_split_batched_and_rejoined(m2m100):
     unpunctuated = " ".join(s.rstrip(".!?") for s in sentences)  # one "sentence" of ~450 words
     long = m2m100.handle(TranslateRequest(unpunctuated, "en", "fr"), NO_CANCEL)
     assert long.pieces > 1 and long.text
+
+
+def test_nllb_has_every_reflector_language_and_uses_flores_tokens(nllb_model):
+    engine = TranslatorEngine(Settings(translation_model=str(nllb_model), device="cpu"))
+    info = engine.describe().info
+    assert info["family"] == "nllb"
+    assert info["target_languages"] == sorted(reflector_codes()) and info["approximate"] == []
+    assert engine._source_tokens(["▁x"], "en", "fr") == ["eng_Latn", "▁x", "</s>"]
+    text = " ".join(generated_sentences(10, seed=5))
+    to_fr = engine.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text
+    to_de = engine.handle(TranslateRequest(text, "en", "de"), NO_CANCEL).text
+    from_es = engine.handle(TranslateRequest(text, "es", "fr"), NO_CANCEL).text
+    assert len({to_fr, to_de, from_es, text}) == 4
+    assert "_Latn" not in to_fr + to_de + from_es and "</s>" not in to_fr
+    assert engine.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text == to_fr
+
+
+def test_madlad_puts_the_target_token_first_and_never_prints_it(madlad_model):
+    engine = TranslatorEngine(Settings(translation_model=str(madlad_model), device="cpu"))
+    info = engine.describe().info
+    assert info["family"] == "madlad"
+    assert len(info["target_languages"]) == 94 and "luo" not in info["target_languages"]
+    assert engine._source_tokens(["▁x"], "en", "tl") == ["<2fil>", "▁x", "</s>"]
+    result = engine.handle(TranslateRequest("Kalo mine rusa to vize.", "en", "fr"), NO_CANCEL)
+    assert result.text.strip() and "<2" not in result.text and result.text != "Kalo mine rusa to vize."
+    with pytest.raises(BadRequest, match="cannot translate into Luo"):
+        engine.handle(TranslateRequest("x", "en", "luo"), NO_CANCEL)

@@ -1,11 +1,13 @@
 """Tiny translation models with random weights, built locally for the tests (no model hub).
 
-Two families, both converted with the service's own `app.models.convert_translation`:
+Four families, all converted with the service's own `app.models.convert_translation`:
 
 - MarianMT: no language tokens; the pair comes from ``tokenizer_config.json``
   (``source_lang``/``target_lang``).
 - M2M100: the tokenizer carries the 100 ``__xx__`` language tokens, so the worker's
   target-language path (source token, forced target prefix) is exercised.
+- NLLB-200: the same architecture with FLORES-200 tokens (``fra_Latn``) from `NllbTokenizer`.
+- MADLAD-400: T5 with ``<2xx>`` target tokens as SentencePiece user-defined symbols.
 
 A SentencePiece vocabulary is trained on generated pseudo-words, the model is a 1-layer,
 32-wide transformer, and the end-of-sentence logit is pushed down so that a random model
@@ -40,7 +42,8 @@ def generated_sentences(count: int, seed: int) -> list[str]:
     return sentences
 
 
-def _train_spm(seed: int, vocab_size: int = 120) -> bytes:
+def _train_spm(seed: int, vocab_size: int = 120, **options) -> bytes:
+    """A SentencePiece model (unigram unless `options` say otherwise) trained on generated text."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -48,9 +51,10 @@ def _train_spm(seed: int, vocab_size: int = 120) -> bytes:
         sentence_iterator=iter(generated_sentences(800, seed)),
         model_writer=model,
         vocab_size=vocab_size,
-        model_type="unigram",
+        model_type=options.pop("model_type", "unigram"),
         character_coverage=1.0,
         minloglevel=2,
+        **options,
     )
     return model.getvalue()
 
@@ -85,7 +89,7 @@ def _silence_eos(model, eos_id: int) -> None:
             model.get_output_embeddings().weight[eos_id].zero_()
 
 
-def _build(root: Path, seed: int, write_tokenizer, make_model) -> Path:
+def _build(root: Path, seed: int, write_tokenizer, make_model, **spm_options) -> Path:
     """Shared steps: reuse ``root/ct2`` if built; else train the SentencePiece model, let
     `write_tokenizer(hf_dir, spm_bytes) -> vocab size` write the tokenizer files, build the
     seeded random model with `make_model(vocab_size) -> (model, eos id)`, save it under
@@ -100,7 +104,7 @@ def _build(root: Path, seed: int, write_tokenizer, make_model) -> Path:
     _quiet_transformers()
     hf = root / "hf"
     hf.mkdir(parents=True, exist_ok=True)
-    vocab_size = write_tokenizer(hf, _train_spm(seed))
+    vocab_size = write_tokenizer(hf, _train_spm(seed, **spm_options))
     torch.manual_seed(seed)
     model, eos_id = make_model(vocab_size)
     _silence_eos(model, eos_id)
@@ -165,6 +169,56 @@ def build_m2m100(root: Path, seed: int = 11) -> Path:
     return _build(root, seed, write_tokenizer, make_model)
 
 
+def build_nllb(root: Path, seed: int = 13) -> Path:
+    """A CTranslate2 NLLB-200 model at ``root/ct2``: M2M100 architecture, a BPE SentencePiece
+    model, and `NllbTokenizer` (converted from it) with the 202 FLORES-200 language tokens."""
+    from transformers import AutoTokenizer, M2M100Config, M2M100ForConditionalGeneration
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+    def write_tokenizer(hf: Path, spm_bytes: bytes) -> int:
+        (hf / "sentencepiece.bpe.model").write_bytes(spm_bytes)
+        _write_json(hf / "tokenizer_config.json", {
+            "tokenizer_class": "NllbTokenizer", "additional_special_tokens": FAIRSEQ_LANGUAGE_CODES,
+        })
+        tokenizer = AutoTokenizer.from_pretrained(str(hf))
+        tokenizer.save_pretrained(hf)
+        return len(tokenizer)
+
+    def make_model(vocab_size: int):
+        config = M2M100Config(vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                              decoder_start_token_id=2, **_TINY)
+        return M2M100ForConditionalGeneration(config), 2
+
+    return _build(root, seed, write_tokenizer, make_model, model_type="bpe")
+
+
+def build_madlad(root: Path, seed: int = 17) -> Path:
+    """A CTranslate2 MADLAD-400 model at ``root/ct2``: T5 architecture, a unigram
+    SentencePiece model (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2) whose user-defined symbols are
+    the ``<2xx>`` target tokens of the language table, and `T5Tokenizer`."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from app.languages import language_token, load_table
+
+    tokens = sorted({language_token("madlad", lang.codes["madlad"]) for lang in load_table().values()
+                     if "madlad" in lang.codes})
+
+    def write_tokenizer(hf: Path, spm_bytes: bytes) -> int:
+        (hf / "spiece.model").write_bytes(spm_bytes)
+        _write_json(hf / "tokenizer_config.json", {"tokenizer_class": "T5Tokenizer", "extra_ids": 0})
+        tokenizer = AutoTokenizer.from_pretrained(str(hf))
+        tokenizer.save_pretrained(hf)
+        return len(tokenizer)
+
+    def make_model(vocab_size: int):
+        config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                          pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        return T5ForConditionalGeneration(config), 1
+
+    return _build(root, seed, write_tokenizer, make_model, vocab_size=120 + len(tokens),
+                  pad_id=0, eos_id=1, unk_id=2, bos_id=-1, user_defined_symbols=tokens)
+
+
 # Pytest fixtures; a test module imports the ones it uses. Builds are shared through one
 # directory per session, so a second module reuses the first one's models.
 try:
@@ -183,3 +237,13 @@ if pytest is not None:
     def m2m100_model(tmp_path_factory) -> Path:
         """A tiny M2M100 model directory (CTranslate2) with all 100 language tokens."""
         return build_m2m100(tmp_path_factory.getbasetemp() / "translation-models" / "m2m100")
+
+    @pytest.fixture(scope="session")
+    def nllb_model(tmp_path_factory) -> Path:
+        """A tiny NLLB-200 model directory (CTranslate2) with the 202 FLORES-200 language tokens."""
+        return build_nllb(tmp_path_factory.getbasetemp() / "translation-models" / "nllb")
+
+    @pytest.fixture(scope="session")
+    def madlad_model(tmp_path_factory) -> Path:
+        """A tiny MADLAD-400 (T5) model directory (CTranslate2) with ``<2xx>`` tokens."""
+        return build_madlad(tmp_path_factory.getbasetemp() / "translation-models" / "madlad")

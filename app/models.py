@@ -215,8 +215,9 @@ def fetch_translation(settings: Settings, name: str) -> Path:
     try:
         try:
             files = list_repo_files(name, token=settings.hf_token or None)
-            weights = [f for f in files if f.endswith(".safetensors")] or [
-                f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")
+            # One format of weights (safetensors preferred), with its shard index when sharded.
+            weights = [f for f in files if f.endswith((".safetensors", ".safetensors.index.json"))] or [
+                f for f in files if f.startswith("pytorch_model") and f.endswith((".bin", ".bin.index.json"))
             ]
             snapshot_download(
                 name,

@@ -65,7 +65,12 @@ class WorkerServer:
             else:
                 reply = await self._dispatch(request, reader)
             if reply is not None:
-                writer.write(encode_frame(reply))
+                try:
+                    frame = encode_frame(reply)
+                except (TypeError, ValueError, OverflowError):
+                    log.exception("%s reply could not be encoded", self.engine.kind)
+                    frame = encode_frame(Failure("WorkerFailed", f"the {self.engine.kind} worker sent an invalid reply"))
+                writer.write(frame)
                 await writer.drain()
         except (ConnectionError, BrokenPipeError):
             pass

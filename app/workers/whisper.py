@@ -57,7 +57,7 @@ def clean_words(raw: list[tuple[str, float, float]], offset: float = 0.0) -> lis
     and never before its own start (the contract Reflector relies on).
     """
     ordered = sorted(raw, key=lambda item: item[1])
-    rounded = [(text, round(start + offset, 2), round(end + offset, 2)) for text, start, end in ordered]
+    rounded = [(text, round(float(start) + offset, 2), round(float(end) + offset, 2)) for text, start, end in ordered]
     words = []
     for index, (text, start, end) in enumerate(rounded):
         if index + 1 < len(rounded):

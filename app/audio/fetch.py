@@ -1,0 +1,121 @@
+"""Downloading audio from a URL (often a presigned S3 URL) into a temporary file.
+
+httpx streams the body to ``<state>/tmp``; redirects are followed (at most
+`MAX_REDIRECTS`); the size limit is enforced from ``Content-Length`` and again while
+streaming. Errors name the host, never the query string (presigned URLs carry credentials):
+404 -> `SourceNotFound`; other HTTP errors, refused connections, DNS and TLS failures,
+redirect loops -> `UpstreamError`; time-outs -> `UpstreamTimeout`; too big -> `PayloadTooLarge`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.audio.trust import ssl_context
+from app.errors import BadRequest, PayloadTooLarge, SourceNotFound, UpstreamError, UpstreamTimeout
+from app.settings import Settings
+
+MAX_REDIRECTS = 10
+CHUNK_BYTES = 1024 * 1024
+
+
+def redact(url: str) -> str:
+    """`url` without its query string and credentials: safe for logs and error messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def client(settings: Settings, timeout: float | None = None) -> httpx.AsyncClient:
+    """An httpx client with this service's outbound trust, redirects and time-outs."""
+    return httpx.AsyncClient(
+        verify=ssl_context(settings),
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        timeout=httpx.Timeout(timeout or settings.download_timeout, connect=min(10.0, timeout or settings.download_timeout)),
+        trust_env=False,
+    )
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("the audio URL must be an absolute http:// or https:// URL")
+
+
+async def download(settings: Settings, url: str, suffix: str = "") -> Path:
+    """Download `url` into a new file under `settings.tmp_dir` and return its path.
+
+    The caller owns the file and deletes it; on any error nothing is left behind. Raises
+    the errors listed in the module docstring, and `BadRequest` for a URL that is not
+    http(s).
+    """
+    _check_url(url)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    limit = settings.max_download_bytes
+    where = urlsplit(url).hostname
+    fd, name = tempfile.mkstemp(prefix="download-", suffix=suffix, dir=settings.tmp_dir)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async with client(settings) as http, http.stream("GET", url) as response:
+                if response.status_code == 404:
+                    raise SourceNotFound(f"the audio URL on {where} answered 404 Not Found")
+                if response.status_code >= 400:
+                    raise UpstreamError(
+                        f"the audio URL on {where} answered HTTP {response.status_code} {response.reason_phrase}"
+                    )
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise PayloadTooLarge(_too_large(where, limit))
+                received = 0
+                async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                    received += len(chunk)
+                    if received > limit:
+                        raise PayloadTooLarge(_too_large(where, limit))
+                    out.write(chunk)
+        return path
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        raise _translate(exc, where) from None
+
+
+def _too_large(host: str | None, limit: int) -> str:
+    return f"the audio from {host} is larger than the {limit}-byte limit (REFLECTOR_GPU_MAX_DOWNLOAD_BYTES)"
+
+
+def _translate(exc: BaseException, host: str | None) -> BaseException:
+    """Map an httpx failure to this service's errors; other exceptions pass through."""
+    if isinstance(exc, httpx.TooManyRedirects):
+        return UpstreamError(f"the audio URL on {host} redirected more than {MAX_REDIRECTS} times")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"the audio URL on {host} did not answer in time")
+    if isinstance(exc, httpx.ConnectError):
+        reason = str(exc) or type(exc).__name__
+        if "CERTIFICATE_VERIFY_FAILED" in reason or "SSL" in reason:
+            return UpstreamError(
+                f"TLS verification failed for {host}: trust its CA with REFLECTOR_GPU_EXTRA_CA"
+            )
+        return UpstreamError(f"cannot connect to {host}: {reason}")
+    if isinstance(exc, httpx.HTTPError):
+        return UpstreamError(f"downloading from {host} failed: {type(exc).__name__}")
+    return exc
+
+
+@contextlib.asynccontextmanager
+async def downloaded(settings: Settings, url: str, suffix: str = "") -> AsyncIterator[Path]:
+    """`download()` as a context manager that deletes the file on exit."""
+    path = await download(settings, url, suffix)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,231 @@
+"""The entrypoint's process tree: model workers and Granian, supervised.
+
+The supervisor starts one process per configured engine (``python -m app.workers.server
+KIND``) and Granian serving `app.main:create_app`, then watches them:
+- a worker that exits is restarted with exponential back-off (1 s doubling to 30 s); the
+  requests it held already got 503 from `app.workers.client`. A worker that fails to load
+  its model (exit status 3) before it was ever ready stops the whole service, since its
+  settings need fixing; ``<run>/<kind>.failed`` tells ``/ready`` a worker is down;
+- Granian exiting ends the service with its exit status;
+- SIGTERM or SIGINT stops Granian first (in-flight requests finish within
+  `STOP_TIMEOUT_SECONDS`), then the workers;
+- certificate files an operator provides are polled; a changed pair is validated
+  (`app.tls.check_pair`), copied to the run directory Granian reads from, and Granian gets
+  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app import tls
+from app.settings import Settings
+from app.workers.registry import WORKERS, socket_path
+
+log = logging.getLogger("app.supervisor")
+
+MODEL_LOAD_FAILED = 3
+STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits `podman stop`'s 10 s
+WORKER_STOP_SECONDS = 3.0
+CERT_POLL_SECONDS = 5.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    ready_once: bool = False
+    backoff: float = 1.0
+    restart_at: float = 0.0
+    restarts: int = field(default=0)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv)
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+class Supervisor:
+    """Runs the process tree for `settings` serving `tls_files` (None: plain HTTP)."""
+
+    def __init__(self, settings: Settings, tls_files: tls.TlsFiles | None) -> None:
+        self.settings = settings
+        self.source = tls_files
+        self.serving: tls.TlsFiles | None = None
+        self.stopping = False
+        self.workers = [
+            Child(w.kind, [sys.executable, "-m", "app.workers.server", w.kind])
+            for w in WORKERS
+            if w.configured(settings)
+        ]
+        self.granian: Child | None = None
+        self._cert_stamp: tuple | None = None
+        self._next_cert_poll = 0.0
+
+    # -- start-up ---------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        for directory in (self.settings.run_dir, self.settings.tmp_dir):
+            shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
+            directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.settings.run_dir, 0o700)
+
+    def _install_certificate(self) -> None:
+        """Copy the validated pair into the run directory; Granian only ever reads these copies."""
+        assert self.source is not None
+        run = self.settings.run_dir
+        cert, key = run / "tls-cert.pem", run / "tls-key.pem"
+        shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
+        cert.with_suffix(".tmp").replace(cert)
+        fd = os.open(key.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.source.key.read_bytes())
+        key.with_suffix(".tmp").replace(key)
+        self.serving = tls.TlsFiles(cert, key, self.source.ca)
+        self._cert_stamp = (_file_stamp(self.source.cert), _file_stamp(self.source.key))
+
+    def granian_argv(self) -> list[str]:
+        s = self.settings
+        argv = [
+            sys.executable, "-m", "granian",
+            "--interface", "asgi", "--factory",
+            "--host", s.host, "--port", str(s.port),
+            "--workers", str(s.http_workers),
+            "--no-access-log",
+            "--respawn-failed-workers",
+            "--workers-kill-timeout", str(int(STOP_TIMEOUT_SECONDS)),
+            "--log-level", s.log_level.lower(),
+        ]
+        if self.serving is not None:
+            argv += [
+                "--ssl-certificate", str(self.serving.cert),
+                "--ssl-keyfile", str(self.serving.key),
+                "--ssl-protocol-min", "tls1.2",
+            ]
+        return [*argv, "app.main:create_app"]
+
+    # -- running ----------------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything and supervise until stopped; returns the exit status."""
+        self._prepare_dirs()
+        if self.source is not None:
+            self._install_certificate()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        for worker in self.workers:
+            (self.settings.run_dir / f"{worker.name}.failed").unlink(missing_ok=True)
+            worker.start()
+        self.granian = Child("granian", self.granian_argv())
+        self.granian.start()
+        try:
+            while not self.stopping:
+                status = self._tick()
+                if status is not None:
+                    return status
+                time.sleep(0.2)
+            return 0
+        finally:
+            self._stop_all()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _tick(self) -> int | None:
+        now = time.monotonic()
+        assert self.granian is not None and self.granian.process is not None
+        code = self.granian.process.poll()
+        if code is not None:
+            if not self.stopping:
+                log.error("granian exited with status %s; stopping the service", code)
+            return code or 1
+        for worker in self.workers:
+            status = self._watch_worker(worker, now)
+            if status is not None:
+                return status
+        if self.source is not None and now >= self._next_cert_poll:
+            self._next_cert_poll = now + CERT_POLL_SECONDS
+            self._check_certificate()
+        return None
+
+    def _watch_worker(self, worker: Child, now: float) -> int | None:
+        process = worker.process
+        failed_marker = self.settings.run_dir / f"{worker.name}.failed"
+        if process is None:
+            if now >= worker.restart_at:
+                worker.start()
+            return None
+        code = process.poll()
+        if code is None:
+            if not worker.ready_once and socket_path(self.settings, worker.name).exists():
+                worker.ready_once = True
+                worker.backoff = 1.0
+                failed_marker.unlink(missing_ok=True)
+            return None
+        if code == MODEL_LOAD_FAILED and not worker.ready_once:
+            log.error("the %s worker could not load its model (see above); fix its settings", worker.name)
+            return MODEL_LOAD_FAILED
+        worker.restarts += 1
+        log.error(
+            "the %s worker exited with status %s; restart %d in %.0f s",
+            worker.name, code, worker.restarts, worker.backoff,
+        )
+        failed_marker.write_text(f"exited with status {code}\n")
+        socket_path(self.settings, worker.name).unlink(missing_ok=True)
+        worker.process = None
+        worker.ready_once = False
+        worker.restart_at = now + worker.backoff
+        worker.backoff = min(worker.backoff * 2, MAX_BACKOFF_SECONDS)
+        return None
+
+    def _check_certificate(self) -> None:
+        assert self.source is not None
+        stamp = (_file_stamp(self.source.cert), _file_stamp(self.source.key))
+        if stamp == self._cert_stamp:
+            return
+        self._cert_stamp = stamp
+        try:
+            leaf = tls.check_pair(self.source.cert, self.source.key, self.settings.domains)
+        except tls.CertificateError as exc:
+            log.error("new certificate files rejected, still serving the previous ones: %s", exc)
+            return
+        self._install_certificate()
+        assert self.granian is not None and self.granian.process is not None
+        self.granian.process.send_signal(signal.SIGHUP)
+        log.warning("certificate renewed: now serving SHA-256 %s", tls.fingerprint(leaf))
+
+    # -- stopping ---------------------------------------------------------------------
+    def _stop_all(self) -> None:
+        children = [c for c in [self.granian, *self.workers] if c is not None and c.process is not None]
+        # Granian first, so in-flight requests can still reach the workers while they finish.
+        for group, grace in ((children[:1], STOP_TIMEOUT_SECONDS), (children[1:], WORKER_STOP_SECONDS)):
+            for child in group:
+                if child.process.poll() is None:
+                    child.process.terminate()
+            deadline = time.monotonic() + grace
+            for child in group:
+                try:
+                    child.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    child.process.kill()
+                    child.process.wait()
+        shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)

@@ -25,6 +25,7 @@ class WorkerSpec:
 
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("whisper", "app.workers.whisper:WhisperEngine"),
+    WorkerSpec("audio", "app.workers.audio:AudioEngine"),
 )
 
 

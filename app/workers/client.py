@@ -18,7 +18,7 @@ import msgspec
 
 from app.errors import Unavailable, from_failure
 from app.settings import Settings
-from app.workers.protocol import Failure, Ping, Pong, encode_frame, read_frame
+from app.workers.protocol import Accepted, Failure, Ping, Pong, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
 
 _R = TypeVar("_R", bound=msgspec.Struct)
@@ -46,25 +46,41 @@ async def call(settings: Settings, kind: str, request: msgspec.Struct, result_ty
     if not worker.configured(settings):
         raise Unavailable(worker.not_configured_detail or f"{kind} is not configured on this host")
     path = str(socket_path(settings, kind))
-    try:
-        reader, writer = await _connect(path, time.monotonic() + settings.worker_start_timeout)
-    except OSError:
-        raise Unavailable(
-            f"the {kind} worker is not running (still loading its model, or failing to start: "
-            "see the service log); retry later",
-            retry_after=10,
-        ) from None
-    try:
-        writer.write(encode_frame(request))
-        await writer.drain()
-        body = await read_frame(reader)
-    except (ConnectionError, BrokenPipeError):
-        body = None
-    finally:
-        writer.close()
-    if body is None:
-        raise Unavailable(f"the {kind} worker stopped while handling this request; retry", retry_after=5)
-    reply: Any = msgspec.msgpack.decode(body, type=Union[result_type, Failure])
+    deadline = time.monotonic() + settings.worker_start_timeout
+    decoder = msgspec.msgpack.Decoder(Union[Accepted, result_type, Failure])
+    while True:
+        try:
+            reader, writer = await _connect(path, deadline)
+        except OSError:
+            raise Unavailable(
+                f"the {kind} worker is not running (still loading its model, or failing to start: "
+                "see the service log); retry later",
+                retry_after=10,
+            ) from None
+        accepted = False
+        reply: Any = None
+        try:
+            writer.write(encode_frame(request))
+            await writer.drain()
+            first = await read_frame(reader)
+            if first is not None:
+                reply = decoder.decode(first)
+                if isinstance(reply, Accepted):
+                    accepted = True
+                    body = await read_frame(reader)
+                    reply = None if body is None else decoder.decode(body)
+        except (ConnectionError, BrokenPipeError):
+            reply = None
+        finally:
+            writer.close()
+        if reply is not None:
+            break
+        if accepted:
+            raise Unavailable(f"the {kind} worker stopped while handling this request; retry", retry_after=5)
+        # A dying worker's socket took the request without queueing it: safe to try again.
+        if time.monotonic() >= deadline:
+            raise Unavailable(f"the {kind} worker is not answering; retry later", retry_after=10)
+        await asyncio.sleep(0.1)
     if isinstance(reply, Failure):
         raise from_failure(reply.kind, reply.detail, reply.retry_after)
     return reply

@@ -2,8 +2,11 @@
 
 A frame is a 4-byte big-endian length followed by a msgpack document (msgspec). A
 connection carries exactly one request and one reply: the client sends a tagged request
-struct, the worker answers with the engine's tagged result struct or a `Failure`. A client
-that closes its end before the reply cancels the job. Every message is a tagged
+struct; the worker answers `Accepted` as soon as it has queued a job, then the engine's
+tagged result struct or a `Failure` (a refusal, such as a full queue, comes without
+`Accepted`). A connection that closes before `Accepted` never reached a live worker and
+may be retried; one that closes after it lost its job. A client that closes its end before
+the reply cancels the job. Every message is a tagged
 `msgspec.Struct`, so a decoder is built from the union of the types it accepts.
 """
 
@@ -35,6 +38,10 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     device: str
     busy: int = 0
     info: dict[str, Any] = {}
+
+
+class Accepted(msgspec.Struct, tag="accepted", frozen=True):
+    """The worker queued the job; the result follows on the same connection."""
 
 
 class Failure(msgspec.Struct, tag="failure", frozen=True):

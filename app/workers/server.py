@@ -31,7 +31,7 @@ import msgspec
 from app import settings as settings_module
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.workers.protocol import Failure, Ping, encode_frame, read_frame
+from app.workers.protocol import Accepted, Failure, Ping, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
 
 log = logging.getLogger("app.worker")
@@ -63,7 +63,7 @@ class WorkerServer:
             except msgspec.DecodeError as exc:
                 reply: msgspec.Struct = Failure("BadRequest", f"malformed worker request: {exc}")
             else:
-                reply = await self._dispatch(request, reader)
+                reply = await self._dispatch(request, reader, writer)
             if reply is not None:
                 try:
                     frame = encode_frame(reply)
@@ -77,7 +77,9 @@ class WorkerServer:
         finally:
             writer.close()
 
-    async def _dispatch(self, request: Any, reader: asyncio.StreamReader) -> msgspec.Struct | None:
+    async def _dispatch(
+        self, request: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> msgspec.Struct | None:
         if isinstance(request, Ping):
             pong = self.engine.describe()
             return msgspec.structs.replace(pong, busy=self.pending)
@@ -88,6 +90,8 @@ class WorkerServer:
                 f"{self.queue_size}); retry later",
                 retry_after=5,
             )
+        writer.write(encode_frame(Accepted()))
+        await writer.drain()
         cancel = threading.Event()
         self.pending += 1
         loop = asyncio.get_running_loop()

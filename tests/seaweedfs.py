@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,10 +278,22 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture
-def put_server() -> Iterator[PutServer]:
-    """A plain HTTP PUT server that refuses chunked bodies."""
-    server = PutServer()
+def make_put_server() -> Iterator[Callable[..., PutServer]]:
+    """Makes `PutServer`s (same arguments), all closed at the end of the test."""
+    servers: list[PutServer] = []
+
+    def make(**kwargs: object) -> PutServer:
+        servers.append(PutServer(**kwargs))  # type: ignore[arg-type]
+        return servers[-1]
+
     try:
-        yield server
+        yield make
     finally:
-        server.close()
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture
+def put_server(make_put_server: Callable[..., PutServer]) -> PutServer:
+    """A plain HTTP PUT server that refuses chunked bodies."""
+    return make_put_server()

@@ -20,13 +20,11 @@ from pathlib import Path
 import av.filter
 
 from app.audio import pipeline
+from app.audio.formats import MIX_BIT_RATE, check_mp3_rate, nearest_mp3_rate
 from app.errors import BadRequest
 
 MIX_CODEC = "libmp3lame"
 MIX_FORMAT = "mp3"
-MIX_BIT_RATE = 192_000  # bits per second; several voices summed, so a little above speech-only rates
-# Sample rates MPEG audio layer III can carry (MPEG-1, -2 and -2.5), in Hz.
-MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 class MixOutcome:
@@ -38,20 +36,6 @@ class MixOutcome:
         self.size = size
         self.duration_ms = duration_ms
         self.sample_rate = sample_rate
-
-
-def check_target_rate(rate: int) -> None:
-    """Raise `BadRequest` unless MP3 can be encoded at `rate` Hz."""
-    if rate not in MP3_RATES:
-        raise BadRequest(
-            f"target_sample_rate {rate} Hz cannot be encoded as MP3; use one of "
-            + ", ".join(str(r) for r in MP3_RATES)
-        )
-
-
-def nearest_mp3_rate(rate: int) -> int:
-    """The MP3 sample rate closest to `rate` Hz (ties go to the higher rate)."""
-    return min(MP3_RATES, key=lambda candidate: (abs(candidate - rate), -candidate))
 
 
 def mix_files(
@@ -81,7 +65,7 @@ def mix_files(
     if offsets_seconds is not None and len(offsets_seconds) != len(sources):
         raise BadRequest(f"{len(offsets_seconds)} offsets for {len(sources)} tracks")
     if target_sample_rate is not None:
-        check_target_rate(target_sample_rate)
+        check_mp3_rate(target_sample_rate)
     labels = labels or [f"track {index}" for index in range(len(sources))]
     tracks: list[pipeline.Track] = []
     try:

@@ -19,9 +19,7 @@ from pathlib import Path
 import av.filter
 
 from app.audio import pipeline
-
-PAD_RATE = 48000  # Hz, Opus's native rate; fixed by the API contract
-PAD_BIT_RATE = 128_000  # bits per second, fixed by the API contract
+from app.audio.formats import PAD_BIT_RATE, PAD_RATE
 PAD_CODEC = "libopus"
 PAD_FORMAT = "webm"
 

@@ -79,7 +79,8 @@ class AudioEngine:
         """Run one job. Raises `InvalidAudio`, `BadRequest`, `PayloadTooLarge`, or
         `Unavailable` when cancelled; the output file is removed on any failure."""
         from app.audio.mixdown import mix_files
-        from app.audio.pad import PAD_RATE, pad_file
+        from app.audio.formats import PAD_RATE
+        from app.audio.pad import pad_file
 
         output = Path(request.output)
         try:

@@ -132,7 +132,8 @@ class Encoder:
     `codec` is an FFmpeg encoder name (``libopus``, ``libmp3lame``), `container_format` a
     muxer name (``webm``, ``mp3``), `rate` Hz, `bit_rate` bits per second. `frame_size`
     (samples) is what the encoder wants per frame (0: any). `sample_format` is the
-    encoder's input format, which the graph's final ``aformat`` must produce.
+    encoder's input format (a float one when it offers one), which the graph's final
+    ``aformat`` must produce.
     """
 
     def __init__(self, path: str | Path, container_format: str, codec: str, rate: int, bit_rate: int) -> None:
@@ -144,6 +145,10 @@ class Encoder:
             self._stream = self._container.add_stream(codec, rate=rate, layout=LAYOUT, bit_rate=bit_rate)
             context = self._stream.codec_context
             context.time_base = Fraction(1, rate)
+            offered = [f.name for f in context.codec.audio_formats or ()]
+            floats = [name for name in ("fltp", "flt") if name in offered]
+            if floats:  # hand the encoder floats: no 16-bit rounding, sums over 1.0 left to the codec
+                context.format = floats[0]
             context.open()
         except BaseException:
             self._container.close()

@@ -117,6 +117,7 @@ MIX_OK = {"track_urls": ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], "outpu
         ({"start_time_seconds": -1.5}, "start_time_seconds must be > 0"),
         ({"start_time_seconds": 18000.001}, "<= 18000"),
         ({"start_time_seconds": "soon"}, "start_time_seconds"),
+        ({"output_url": "s3://bucket/key"}, "output_url must be an absolute http:// or https:// URL"),
     ],
 )
 def test_pad_bad_requests(client: httpx.Client, change: dict, message: str) -> None:
@@ -135,12 +136,19 @@ def test_pad_bad_requests(client: httpx.Client, change: dict, message: str) -> N
         ({"output_url": ""}, "output_url is empty"),
         ({"target_sample_rate": 96000}, "target_sample_rate 96000 Hz cannot be encoded as MP3"),
         ({"track_urls": "http://x"}, "track_urls"),
+        ({"output_url": "/relative/key"}, "output_url must be an absolute http:// or https:// URL"),
     ],
 )
 def test_mixdown_bad_requests(client: httpx.Client, change: dict, message: str) -> None:
     response = client.post("/mixdown", json={**MIX_OK, **change})
     assert response.status_code == 400, response.text
     assert message in response.json()["detail"]
+
+
+def test_offsets_too_far_apart(client: httpx.Client) -> None:
+    response = client.post("/mixdown", json={**MIX_OK, "offsets_seconds": [-1e9, 0.0]})
+    assert response.status_code == 413, response.text
+    assert "REFLECTOR_GPU_MAX_AUDIO_SECONDS" in response.json()["detail"]
 
 
 def test_boundaries_are_accepted(client: httpx.Client) -> None:

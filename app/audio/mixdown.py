@@ -21,7 +21,7 @@ import av.filter
 
 from app.audio import pipeline
 from app.audio.formats import MIX_BIT_RATE, check_mp3_rate, nearest_mp3_rate
-from app.errors import BadRequest
+from app.errors import BadRequest, PayloadTooLarge
 
 MIX_CODEC = "libmp3lame"
 MIX_FORMAT = "mp3"
@@ -57,7 +57,8 @@ def mix_files(
     `labels[i]` names source i in errors (default ``"track i"``). Raises `BadRequest`
     (no source, an unusable rate, offsets of the wrong length), `InvalidAudio` (a source
     with no audio stream or undecodable: FFmpeg's reason), `PayloadTooLarge` (a source
-    longer than `max_seconds`), `Unavailable` (cancelled). The caller deletes `output` on
+    longer than `max_seconds`, or offsets further apart than that), `Unavailable`
+    (cancelled). The caller deletes `output` on
     failure.
     """
     if not sources:
@@ -74,6 +75,11 @@ def mix_files(
         rate = target_sample_rate or nearest_mp3_rate(tracks[0].native_rate)
         offsets = offsets_seconds or [0.0] * len(tracks)
         base = min(offsets)
+        if max_seconds is not None and max(offsets) - base > max_seconds:
+            raise PayloadTooLarge(
+                f"the offsets place tracks {max(offsets) - base:g} s apart, more than the {max_seconds:g} s "
+                "limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
+            )
         delays = [round((offset - base) * rate) for offset in offsets]
         encoder = pipeline.Encoder(output, MIX_FORMAT, MIX_CODEC, rate, MIX_BIT_RATE)
         try:

@@ -52,6 +52,14 @@ def _store_says(response: httpx.Response) -> str:
     return f" ({code}: {message})" if message else f" ({code})"
 
 
+def check_output_url(url: str) -> str:
+    """Raise `BadRequest` unless `url` is absolute http(s); returns its ``host[:port]``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("output_url must be an absolute http:// or https:// URL")
+    return parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+
+
 async def upload(settings: Settings, url: str, path: Path, content_type: str) -> int:
     """PUT the file at `path` to `url` (presigned); returns the bytes sent.
 
@@ -60,11 +68,7 @@ async def upload(settings: Settings, url: str, path: Path, content_type: str) ->
     and `UpstreamTimeout` (504) when it stops answering; every message starts with
     "uploading the result (PUT to <host>)".
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest("output_url must be an absolute http:// or https:// URL")
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    step = f"uploading the result (PUT to {host})"
+    step = f"uploading the result (PUT to {check_output_url(url)})"
     size = path.stat().st_size
     headers = {"Content-Length": str(size), "Content-Type": content_type}
     body = _FileBody(path)

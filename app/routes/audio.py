@@ -21,8 +21,8 @@ from litestar import Request, post
 
 from app.audio.fetch import download
 from app.audio.formats import check_mp3_rate
-from app.audio.upload import upload
-from app.errors import BadRequest, ServiceError
+from app.audio.upload import check_output_url, upload
+from app.errors import BadRequest, PayloadTooLarge, ServiceError
 from app.settings import Settings
 from app.workers import client
 from app.workers.audio import Encoded, MixdownRequest, PadRequest
@@ -114,6 +114,7 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
         raise BadRequest(
             f"start_time_seconds must be > 0 and <= {MAX_OFFSET_SECONDS:g} (5 hours); got {data.start_time_seconds:g}"
         )
+    check_output_url(output_url)
     async with _scratch() as paths:
         source = await _fetch(settings, track_url, "track_url", paths)
         output = _output_path(settings, paths, ".webm")
@@ -134,7 +135,8 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
 
     Empty URLs are skipped. 400 when no URL is left, ``offsets_seconds`` has another length
     than ``track_urls``, an offset is over 18000, ``output_url`` is empty, or
-    ``target_sample_rate`` is not a rate MP3 can carry.
+    ``target_sample_rate`` is not a rate MP3 can carry; 413 when the offsets (negative ones
+    are allowed) spread the tracks further apart than ``REFLECTOR_GPU_MAX_AUDIO_SECONDS``.
     """
     chosen = [(index, url.strip()) for index, url in enumerate(data.track_urls) if url.strip()]
     if not chosen:
@@ -153,6 +155,13 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
         raise BadRequest("output_url is empty")
     if data.target_sample_rate is not None:
         check_mp3_rate(data.target_sample_rate)
+    check_output_url(output_url)
+    used = [0.0] if offsets is None else [offsets[index] for index, _ in chosen]
+    if max(used) - min(used) > settings.max_audio_seconds:
+        raise PayloadTooLarge(
+            f"the offsets place tracks {max(used) - min(used):g} s apart, more than the "
+            f"{settings.max_audio_seconds:g} s limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
+        )
     labels = [f"track {index}" for index, _ in chosen]
     async with _scratch() as paths:
         sources = [await _fetch(settings, url, label, paths) for (_, url), label in zip(chosen, labels)]
@@ -163,7 +172,7 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
             MixdownRequest(
                 sources=[str(path) for path in sources],
                 output=str(output),
-                offsets_seconds=None if offsets is None else [offsets[index] for index, _ in chosen],
+                offsets_seconds=None if offsets is None else used,
                 target_sample_rate=data.target_sample_rate,
                 labels=labels,
             ),

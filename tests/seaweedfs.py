@@ -269,8 +269,14 @@ class PutServer:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """A running SeaweedFS for the whole test session, stopped at the end."""
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
+    for attempt in range(3):  # a port picked as free may be taken before weed binds it
+        store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+        try:
+            store.start()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     try:
         yield store
     finally:

@@ -52,7 +52,9 @@ class Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REFLECTOR_GPU_")}
         env["REFLECTOR_GPU_STATE_DIR"] = str(self.state)
         self.settings = settings_module.load(env)
-        self.process = subprocess.Popen([sys.executable, "-m", "app.workers.server", "audio"], cwd=ROOT, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.workers.server", "audio"], cwd=ROOT, env=env
+        )
 
     def run(self, request) -> tuple[Encoded, float]:
         started = time.perf_counter()
@@ -73,8 +75,10 @@ def worker_figures(first: Path, second: Path, out: Path) -> None:
             result, seconds = worker.run(
                 PadRequest(source=str(track), output=str(out / f"{name[-1]}.webm"), start_time_seconds=12.345)
             )
-            print(f"worker pad {name} (10 min): {seconds:.2f} s  ({TRACK_SECONDS / seconds:.0f}x real time), "
-                  f"{result.size / 1e6:.1f} MB out")
+            print(
+                f"worker pad {name} (10 min): {seconds:.2f} s  ({TRACK_SECONDS / seconds:.0f}x real time), "
+                f"{result.size / 1e6:.1f} MB out"
+            )
         result, seconds = worker.run(
             MixdownRequest(
                 sources=[str(first), str(second)],
@@ -83,8 +87,10 @@ def worker_figures(first: Path, second: Path, out: Path) -> None:
                 target_sample_rate=16000,
             )
         )
-        print(f"worker mixdown of the pair (offsets 0/90 s, MP3 16 kHz): {seconds:.2f} s, "
-              f"{result.duration_ms / 1000:.1f} s of audio, {result.size / 1e6:.1f} MB out")
+        print(
+            f"worker mixdown of the pair (offsets 0/90 s, MP3 16 kHz): {seconds:.2f} s, "
+            f"{result.duration_ms / 1000:.1f} s of audio, {result.size / 1e6:.1f} MB out"
+        )
         print(f"worker peak RSS after these jobs: {peak_rss_mb(worker.process.pid):.0f} MB")
     finally:
         worker.stop()
@@ -114,25 +120,35 @@ def service_figures(first: Path, second: Path) -> None:
                 )
                 for name in ("a", "b"):
                     started = time.perf_counter()
-                    response = http.post("/pad", json={
-                        "track_url": store.presign_get(f"in/{name}.webm"),
-                        "output_url": store.presign_put(f"out/{name}.webm"),
-                        "start_time_seconds": 12.345,
-                        "track_index": 0,
-                    })
+                    response = http.post(
+                        "/pad",
+                        json={
+                            "track_url": store.presign_get(f"in/{name}.webm"),
+                            "output_url": store.presign_put(f"out/{name}.webm"),
+                            "start_time_seconds": 12.345,
+                            "track_index": 0,
+                        },
+                    )
                     response.raise_for_status()
-                    print(f"HTTPS /pad track {name.upper()} (10 min, S3 in and out): "
-                          f"{time.perf_counter() - started:.2f} s")
+                    print(
+                        f"HTTPS /pad track {name.upper()} (10 min, S3 in and out): "
+                        f"{time.perf_counter() - started:.2f} s"
+                    )
                 started = time.perf_counter()
-                response = http.post("/mixdown", json={
-                    "track_urls": [store.presign_get("in/a.webm"), store.presign_get("in/b.webm")],
-                    "offsets_seconds": [0.0, 90.0],
-                    "target_sample_rate": 16000,
-                    "output_url": store.presign_put("out/mix.mp3"),
-                })
+                response = http.post(
+                    "/mixdown",
+                    json={
+                        "track_urls": [store.presign_get("in/a.webm"), store.presign_get("in/b.webm")],
+                        "offsets_seconds": [0.0, 90.0],
+                        "target_sample_rate": 16000,
+                        "output_url": store.presign_put("out/mix.mp3"),
+                    },
+                )
                 response.raise_for_status()
-                print(f"HTTPS /mixdown of the pair (S3 in and out): {time.perf_counter() - started:.2f} s, "
-                      f"duration_ms {response.json()['duration_ms']}")
+                print(
+                    f"HTTPS /mixdown of the pair (S3 in and out): {time.perf_counter() - started:.2f} s, "
+                    f"duration_ms {response.json()['duration_ms']}"
+                )
                 [pid] = service.child_pids("app.workers.server audio")
                 print(f"service audio worker peak RSS: {peak_rss_mb(pid):.0f} MB")
                 http.close()
@@ -151,8 +167,10 @@ def hour_figures(out: Path) -> None:
     finally:
         worker.stop()
     verdict = "OK" if peak < RSS_LIMIT_MB else "OVER THE LIMIT"
-    print(f"worker pad of a 1-hour track: {seconds:.1f} s ({HOUR_SECONDS / seconds:.0f}x real time), "
-          f"{result.duration_ms / 1000:.1f} s out; peak RSS {peak:.0f} MB (limit {RSS_LIMIT_MB} MB: {verdict})")
+    print(
+        f"worker pad of a 1-hour track: {seconds:.1f} s ({HOUR_SECONDS / seconds:.0f}x real time), "
+        f"{result.duration_ms / 1000:.1f} s out; peak RSS {peak:.0f} MB (limit {RSS_LIMIT_MB} MB: {verdict})"
+    )
 
 
 def main() -> None:

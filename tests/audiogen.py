@@ -25,9 +25,11 @@ KINDS = {
 }
 
 
-def tone(seconds: float, freq: float, rate: int, channels: int = 2, amp: float = 0.5, start: int = 0) -> np.ndarray:
+def tone(
+    seconds: float, freq: float, rate: int, channels: int = 2, amp: float = 0.5, start: int = 0
+) -> np.ndarray:
     """A sine of `freq` Hz and peak `amp`, samples `start`.. of it, shape (channels, n)."""
-    n = int(round(seconds * rate))
+    n = round(seconds * rate)
     t = (np.arange(n) + start) / rate
     mono = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     return np.tile(mono, (channels, 1))
@@ -45,7 +47,7 @@ def write_tone(
     """Write a tone (see `tone`) as `kind` (a key of `KINDS`) at `path`, block by block."""
     container_format, codec, sample_format, options = KINDS[kind]
     layout = "stereo" if channels == 2 else "mono"
-    total = int(round(seconds * rate))
+    total = round(seconds * rate)
     with av.open(str(path), "w", format=container_format, container_options=options) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
         pts = 0

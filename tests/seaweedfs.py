@@ -102,15 +102,27 @@ class SeaweedFS:
         )
         p, g = self.ports, self.grpc
         argv = [
-            weed_binary(), "server",
-            f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", f"-master.port.grpc={g['master']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={g['volume']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={g['filer']}",
+            weed_binary(),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={g['master']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={g['volume']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={g['filer']}",
             f"-filer.localSocket={self.directory / 'filer.sock'}",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={g['s3']}", f"-s3.config={identities}",
-            f"-s3.localSocket={self.directory / 's3.sock'}", "-s3.port.iceberg=0",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=4",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={g['s3']}",
+            f"-s3.config={identities}",
+            f"-s3.localSocket={self.directory / 's3.sock'}",
+            "-s3.port.iceberg=0",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=4",
         ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -129,13 +141,15 @@ class SeaweedFS:
             try:
                 self.s3.create_bucket(Bucket=BUCKET)
                 return
-            except Exception as exc:  # InternalError / connection refused until the filer is up
+            except Exception as exc:  # noqa: BLE001 - InternalError or refused until the filer is up
                 if "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc):
                     return
                 last_error = exc
                 time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not come up in {START_TIMEOUT_SECONDS} s: {last_error}\n{self.log_tail()}")
+        raise RuntimeError(
+            f"SeaweedFS did not come up in {START_TIMEOUT_SECONDS} s: {last_error}\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -224,13 +238,19 @@ class PutServer:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                     owner.refused.append("chunked")
                     self.close_connection = True
-                    self._answer(501, "NotImplemented", "A header you provided implies functionality that is not implemented")
+                    self._answer(
+                        501,
+                        "NotImplemented",
+                        "A header you provided implies functionality that is not implemented",
+                    )
                     return
                 length = self.headers.get("Content-Length")
                 if length is None or not length.isdigit():
                     owner.refused.append("no length")
                     self.close_connection = True
-                    self._answer(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+                    self._answer(
+                        411, "MissingContentLength", "You must provide the Content-Length HTTP header."
+                    )
                     return
                 body = self.rfile.read(int(length))
                 if len(body) != int(length):

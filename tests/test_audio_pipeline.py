@@ -26,7 +26,10 @@ def test_pad_tone(tmp_path):
     outcome = pad_file(source, tmp_path / "out.webm", 1.5)
     info, samples = decode(tmp_path / "out.webm")
     assert (info["format"], info["codec"], info["rate"], info["layout"]) == (
-        "matroska,webm", "opus", 48000, "stereo"
+        "matroska,webm",
+        "opus",
+        48000,
+        "stereo",
     )
     assert outcome.size == (tmp_path / "out.webm").stat().st_size
     assert outcome.duration_ms == 4500.0

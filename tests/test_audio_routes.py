@@ -95,16 +95,27 @@ def test_mixdown_roundtrip(client: httpx.Client, service: Service, seaweed, stor
 
 
 def test_mixdown_rate_of_first_track(client: httpx.Client, seaweed, stored) -> None:
-    body = {"track_urls": [stored["mono"], stored["first"]], "output_url": seaweed.presign_put("out/mix2.mp3")}
+    body = {
+        "track_urls": [stored["mono"], stored["first"]],
+        "output_url": seaweed.presign_put("out/mix2.mp3"),
+    }
     response = client.post("/mixdown", json=body)
     assert response.status_code == 200, response.text
-    info, samples = decode(seaweed.get("out/mix2.mp3"))
+    info, _ = decode(seaweed.get("out/mix2.mp3"))
     assert info["rate"] == 22050
     assert response.json()["duration_ms"] == pytest.approx(3000, abs=30)
 
 
-PAD_OK = {"track_url": "http://127.0.0.1:9/in", "output_url": "http://127.0.0.1:9/out", "start_time_seconds": 1.0, "track_index": 0}
-MIX_OK = {"track_urls": ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], "output_url": "http://127.0.0.1:9/out"}
+PAD_OK = {
+    "track_url": "http://127.0.0.1:9/in",
+    "output_url": "http://127.0.0.1:9/out",
+    "start_time_seconds": 1.0,
+    "track_index": 0,
+}
+MIX_OK = {
+    "track_urls": ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"],
+    "output_url": "http://127.0.0.1:9/out",
+}
 
 
 @pytest.mark.parametrize(
@@ -159,15 +170,23 @@ def test_boundaries_are_accepted(client: httpx.Client) -> None:
     assert response.status_code == 502, response.text
 
 
-def test_inputs_that_are_not_audio(client: httpx.Client, service: Service, seaweed, audio_server, tmp_path) -> None:
+def test_inputs_that_are_not_audio(
+    client: httpx.Client, service: Service, seaweed, audio_server, tmp_path
+) -> None:
     junk = tmp_path / "junk.webm"
     junk.write_bytes(b"definitely not audio\n" * 500)
     video = write_video_only(tmp_path / "video.mkv")
     output = seaweed.presign_put("out/never.webm")
-    response = client.post("/pad", json={**PAD_OK, "track_url": audio_server.add("junk.webm", junk), "output_url": output})
+    response = client.post(
+        "/pad", json={**PAD_OK, "track_url": audio_server.add("junk.webm", junk), "output_url": output}
+    )
     assert response.status_code == 400
-    assert response.json()["detail"] == "the track cannot be decoded: Invalid data found when processing input"
-    response = client.post("/pad", json={**PAD_OK, "track_url": audio_server.add("video.mkv", video), "output_url": output})
+    assert (
+        response.json()["detail"] == "the track cannot be decoded: Invalid data found when processing input"
+    )
+    response = client.post(
+        "/pad", json={**PAD_OK, "track_url": audio_server.add("video.mkv", video), "output_url": output}
+    )
     assert response.status_code == 400
     assert response.json()["detail"] == "the track has no audio stream"
     good = audio_server.add("good.wav", write_tone(tmp_path / "good.wav", 0.5, 440, 16000))
@@ -184,7 +203,10 @@ def test_inputs_that_are_not_audio(client: httpx.Client, service: Service, seawe
 def test_source_not_found(client: httpx.Client, seaweed, audio_server) -> None:
     response = client.post(
         "/mixdown",
-        json={"track_urls": [f"{audio_server.url}/missing.webm?X-Amz-Signature=abc"], "output_url": seaweed.presign_put("out/x.mp3")},
+        json={
+            "track_urls": [f"{audio_server.url}/missing.webm?X-Amz-Signature=abc"],
+            "output_url": seaweed.presign_put("out/x.mp3"),
+        },
     )
     assert response.status_code == 404
     detail = response.json()["detail"]
@@ -193,9 +215,13 @@ def test_source_not_found(client: httpx.Client, seaweed, audio_server) -> None:
 
 def test_store_down_and_bad_signatures(client: httpx.Client, service: Service, seaweed, stored) -> None:
     body = {"track_url": stored["mono"], "start_time_seconds": 0.5, "track_index": 1}
-    response = client.post("/pad", json={**body, "output_url": "http://127.0.0.1:9/reflector/out.webm?X-Amz-Signature=abc"})
+    response = client.post(
+        "/pad", json={**body, "output_url": "http://127.0.0.1:9/reflector/out.webm?X-Amz-Signature=abc"}
+    )
     assert response.status_code == 502
-    assert response.json()["detail"].startswith("uploading the result (PUT to 127.0.0.1:9) failed after 3 attempts: cannot connect")
+    assert response.json()["detail"].startswith(
+        "uploading the result (PUT to 127.0.0.1:9) failed after 3 attempts: cannot connect"
+    )
 
     expired = seaweed.presign_put("out/expired.webm", expires=1)
     time.sleep(1.5)
@@ -213,17 +239,25 @@ def test_store_down_and_bad_signatures(client: httpx.Client, service: Service, s
     assert_no_leftovers(service)
 
 
-def test_object_store_behind_the_hosts_ca(client: httpx.Client, cert_dir: Path, make_put_server, stored) -> None:
+def test_object_store_behind_the_hosts_ca(
+    client: httpx.Client, cert_dir: Path, make_put_server, stored
+) -> None:
     """An HTTPS store whose certificate comes from the CA in REFLECTOR_GPU_TLS_DIR; no chunked body."""
     store = make_put_server(tls=(cert_dir / "server.pem", cert_dir / "server-key.pem"))
     response = client.post(
-        "/pad", json={"track_url": stored["mono"], "output_url": store.url("out.webm"), "start_time_seconds": 2.0, "track_index": 0}
+        "/pad",
+        json={
+            "track_url": stored["mono"],
+            "output_url": store.url("out.webm"),
+            "start_time_seconds": 2.0,
+            "track_index": 0,
+        },
     )
     assert response.status_code == 200, response.text
     [received] = store.received
     assert received.headers["Content-Length"] == str(response.json()["size"]) == str(len(received.body))
     assert "Transfer-Encoding" not in received.headers
-    info, samples = decode(received.body)
+    _, samples = decode(received.body)
     assert samples.shape[1] / 48000 == pytest.approx(3.0, abs=0.03)
 
 

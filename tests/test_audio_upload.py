@@ -78,14 +78,19 @@ def test_retries_are_bounded(settings, put_server, payload):
 
 def test_client_errors_are_not_retried(settings, put_server, payload):
     put_server.answers = [403, 403]
-    with pytest.raises(UpstreamError, match=r"^uploading the result \(PUT to .*\) failed: HTTP 403") as caught:
+    with pytest.raises(
+        UpstreamError, match=r"^uploading the result \(PUT to .*\) failed: HTTP 403"
+    ) as caught:
         put(settings, put_server.url("a.webm"), payload)
     assert put_server.answers == [403]
     assert "Signature" not in caught.value.detail and "secret" not in caught.value.detail
 
 
 def test_store_down(settings, payload):
-    with pytest.raises(UpstreamError, match=r"^uploading the result \(PUT to 127\.0\.0\.1:9\) failed after 3 attempts: cannot connect"):
+    with pytest.raises(
+        UpstreamError,
+        match=r"^uploading the result \(PUT to 127\.0\.0\.1:9\) failed after 3 attempts: cannot connect",
+    ):
         put(settings, "http://127.0.0.1:9/bucket/key?X-Amz-Signature=s", payload)
 
 
@@ -100,7 +105,9 @@ def store_certs(tmp_path_factory) -> Path:
 def test_custom_ca_trust(tmp_path, store_certs, payload, make_put_server):
     server = make_put_server(tls=(store_certs / "server.pem", store_certs / "server-key.pem"))
     url = server.url("a.webm")
-    with pytest.raises(UpstreamError, match=r"TLS verification failed; trust the store's CA with REFLECTOR_GPU_EXTRA_CA"):
+    with pytest.raises(
+        UpstreamError, match=r"TLS verification failed; trust the store's CA with REFLECTOR_GPU_EXTRA_CA"
+    ):
         put(Settings(state_dir=tmp_path), url, payload)
     assert put(Settings(state_dir=tmp_path, extra_ca=(store_certs / "ca.crt",)), url, payload) > 0
     assert put(Settings(state_dir=tmp_path, tls_dir=store_certs), url, payload) > 0
@@ -117,7 +124,10 @@ def test_seaweedfs_presigned_put(settings, seaweed, payload):
 def test_seaweedfs_expired_and_wrong_signature(settings, seaweed, payload):
     expired = seaweed.presign_put("uploads/expired.webm", expires=1)
     time.sleep(1.5)
-    with pytest.raises(UpstreamError, match=r"^uploading the result \(PUT to 127\.0\.0\.1:\d+\) failed: HTTP 403 Forbidden \(AccessDenied: Request has expired\)$"):
+    with pytest.raises(
+        UpstreamError,
+        match=r"^uploading the result \(PUT to 127\.0\.0\.1:\d+\) failed: HTTP 403 Forbidden \(AccessDenied: Request has expired\)$",
+    ):
         put(settings, expired, payload)
     tampered = seaweed.presign_put("uploads/bad.webm").replace("X-Amz-Signature=", "X-Amz-Signature=0")
     with pytest.raises(UpstreamError, match=r"failed: HTTP 403 Forbidden \(SignatureDoesNotMatch: "):

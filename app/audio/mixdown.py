@@ -15,6 +15,7 @@ order: memory does not grow with the tracks' length or their offsets.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import av.filter
@@ -27,15 +28,13 @@ MIX_CODEC = "libmp3lame"
 MIX_FORMAT = "mp3"
 
 
+@dataclass(frozen=True, slots=True)
 class MixOutcome:
     """What `mix_files` wrote: `size` (bytes), `duration_ms` (encoded audio, ms), `sample_rate` (Hz)."""
 
-    __slots__ = ("size", "duration_ms", "sample_rate")
-
-    def __init__(self, size: int, duration_ms: float, sample_rate: int) -> None:
-        self.size = size
-        self.duration_ms = duration_ms
-        self.sample_rate = sample_rate
+    size: int
+    duration_ms: float
+    sample_rate: int
 
 
 def mix_files(

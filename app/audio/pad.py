@@ -14,24 +14,24 @@ Streaming frame by frame: memory does not grow with the track's length.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import av.filter
 
 from app.audio import pipeline
 from app.audio.formats import PAD_BIT_RATE, PAD_RATE
+
 PAD_CODEC = "libopus"
 PAD_FORMAT = "webm"
 
 
+@dataclass(frozen=True, slots=True)
 class PadOutcome:
     """What `pad_file` wrote: `size` (bytes), `duration_ms` (encoded audio, ms)."""
 
-    __slots__ = ("size", "duration_ms")
-
-    def __init__(self, size: int, duration_ms: float) -> None:
-        self.size = size
-        self.duration_ms = duration_ms
+    size: int
+    duration_ms: float
 
 
 def pad_file(

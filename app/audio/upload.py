@@ -28,7 +28,7 @@ ATTEMPTS = 3  # one try and two retries
 BACKOFF_SECONDS = (0.5, 2.0)  # wait before the 2nd and the 3rd attempt
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 CHUNK_BYTES = 1024 * 1024
-_S3_ERROR = re.compile(r"<Code>([^<]{1,100})</Code>(?:.*?<Message>([^<]{1,300})</Message>)?", re.S)
+_S3_ERROR = re.compile(r"<Code>([^<]{1,100})</Code>(?:.*?<Message>([^<]{1,300})</Message>)?", re.DOTALL)
 
 
 class _FileBody:

@@ -67,7 +67,9 @@ class AudioEngine:
         self.settings = settings
         missing = [name for name in REQUIRED_ENCODERS if name not in av.codecs_available]
         if missing:
-            raise ServiceError(f"this PyAV build lacks the {', '.join(missing)} encoder(s); reinstall the 'av' wheel")
+            raise ServiceError(
+                f"this PyAV build lacks the {', '.join(missing)} encoder(s); reinstall the 'av' wheel"
+            )
         self.ffmpeg = str(av.ffmpeg_version_info)
         self.pyav = av.__version__
         log.info("audio worker ready: PyAV %s, FFmpeg %s", self.pyav, self.ffmpeg)
@@ -78,8 +80,8 @@ class AudioEngine:
     def handle(self, request: PadRequest | MixdownRequest, cancel: threading.Event) -> Encoded:
         """Run one job. Raises `InvalidAudio`, `BadRequest`, `PayloadTooLarge`, or
         `Unavailable` when cancelled; the output file is removed on any failure."""
-        from app.audio.mixdown import mix_files
         from app.audio.formats import PAD_RATE
+        from app.audio.mixdown import mix_files
         from app.audio.pad import pad_file
 
         output = Path(request.output)

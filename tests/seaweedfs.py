@@ -5,7 +5,8 @@ its S3 gateway) on free loopback ports with its data in a temporary directory, a
 presigned GET and PUT URLs with boto3 (SigV4, path-style addressing). Facts measured here:
 the S3 port answers before the filer is ready, so start-up polls a bucket creation until it
 succeeds; SIGTERM can take over 15 s, so `stop` kills after 5 s (the data is throw-away).
-``TMPDIR`` points at its directory so its socket files do not pile up in /tmp.
+``TMPDIR`` points at its directory for its logs; its gRPC sockets land in /tmp regardless,
+and `stop` removes those of its own ports.
 
 `PutServer` is a plain HTTP(S) server that answers PUTs the way a presigned S3 URL does for
 the things SeaweedFS does not check: it refuses chunked bodies (HTTP 501, as AWS S3 does)
@@ -131,7 +132,7 @@ class SeaweedFS:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "TMPDIR": str(self.directory)},  # its gRPC sockets and logs
+                env={**os.environ, "TMPDIR": str(self.directory)},  # its logs
             )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         last_error: Exception | None = None
@@ -167,6 +168,9 @@ class SeaweedFS:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        # Its gRPC sockets go to /tmp whatever TMPDIR says: remove the ones of our ports.
+        for name, port in self.grpc.items():
+            Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock").unlink(missing_ok=True)
 
     # -- presigned URLs and direct access ---------------------------------------------
     def presign_get(self, key: str, expires: int = 600) -> str:

@@ -31,3 +31,4 @@ cert: $(STAMP)
 
 bench: models
 	$(PY) bench/transcription.py
+	$(PY) bench/audio.py

@@ -23,6 +23,7 @@ from app.audio.fetch import download
 from app.audio.formats import check_mp3_rate
 from app.audio.upload import check_output_url, upload
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
+from app.routes import JSON_BODY_LIMIT_BYTES
 from app.settings import Settings
 from app.workers import client
 from app.workers.audio import Encoded, MixdownRequest, PadRequest
@@ -99,7 +100,7 @@ async def _fetch(settings: Settings, url: str, label: str, paths: list[Path]) ->
     return path
 
 
-@post("/pad", name="pad", status_code=200)
+@post("/pad", name="pad", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
 async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
     """Prepend ``start_time_seconds`` of silence to the track; PUT WebM/Opus (48 kHz stereo, 128 kbit/s).
 
@@ -129,7 +130,7 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
     return PadResult(size=size)
 
 
-@post("/mixdown", name="mixdown", status_code=200)
+@post("/mixdown", name="mixdown", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
 async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> MixdownResult:
     """Mix the tracks, each delayed by its offset minus the smallest, into an MP3 (no normalising).
 

@@ -22,6 +22,7 @@ from litestar.datastructures import UploadFile
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
+from app.routes import JSON_BODY_LIMIT_BYTES
 from app.routes.disconnect import while_connected
 from app.settings import Settings
 from app.workers import client
@@ -29,7 +30,6 @@ from app.workers.whisper import Transcript, TranscribeRequest, Word
 
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
-JSON_BODY_LIMIT_BYTES = 1024 * 1024
 MAX_TIMESTAMP_OFFSET = 10_000_000.0  # seconds (~115 days): bounds the shifted times
 LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 

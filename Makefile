@@ -32,3 +32,4 @@ cert: $(STAMP)
 bench: models
 	$(PY) bench/transcription.py
 	$(PY) bench/diarization.py
+	$(PY) bench/audio.py

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.settings import Settings
+from app.workers import translator
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class WorkerSpec:
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("whisper", "app.workers.whisper:WhisperEngine"),
     WorkerSpec("diarizer", "app.workers.diarizer:DiarizerEngine"),
+    WorkerSpec(
+        "translator",
+        "app.workers.translator:TranslatorEngine",
+        configured=translator.is_configured,
+        not_configured_detail=translator.NOT_CONFIGURED,
+    ),
+    WorkerSpec("audio", "app.workers.audio:AudioEngine"),
 )
 
 

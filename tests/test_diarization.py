@@ -160,7 +160,7 @@ SOCKET_AUDIT = textwrap.dedent(
 
     if _LOG:
         with open(_LOG, "a") as log:
-            log.write(f"{os.getpid()} start {' '.join(sys.argv)}\n")
+            log.write(f"{os.getpid()} start {' '.join(sys.argv)}\\n")
         sys.addaudithook(_hook)
     '''
 )
@@ -190,7 +190,7 @@ def test_no_connection_but_the_audio_url_and_duration_limit(
         assert "REFLECTOR_GPU_MAX_AUDIO_SECONDS" in too_long.json()["detail"]
     port = int(audio_server.url.rsplit(":", 1)[1])
     lines = log.read_text().splitlines() if log.exists() else []
-    assert any(" start " in line and "diarizer" in line for line in lines), "the diarizer ran without the hook"
+    assert any(" start " in line and "diarizer" in line for line in lines), "the diarizer ran without the hook:\n" + "\n".join(lines)
     assert any(f"('127.0.0.1', {port})" in line for line in lines), "the audit hook saw no download"
     others = [line for line in lines if " start " not in line and f"('127.0.0.1', {port})" not in line]
     assert not others, "unexpected network activity:\n" + "\n".join(others)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from app import settings as settings_module
+from app.errors import Unavailable
 from app.models import ModelNotFound
 from app.workers.diarizer import Turn, speaker_numbers, to_turns
 from tests.conftest import write_wav
@@ -133,3 +134,8 @@ def test_mounted_bundle_with_relative_paths(
     assert result.duration == 20.0
     assert {turn.speaker for turn in result.diarization} == {0, 1}
     assert all(1.0 <= turn.start < turn.end <= 21.0 for turn in result.diarization)
+
+    cancelled = threading.Event()
+    cancelled.set()  # the client went away: the job stops at pyannote's first progress report
+    with pytest.raises(Unavailable, match="cancelled"):
+        engine.handle(DiarizeRequest(path=str(clip)), cancelled)

@@ -93,11 +93,10 @@ def resolve_config(config_path: Path, base: Path | None = None) -> dict[str, Any
     """Read a pipeline ``config.yaml`` and make its model references absolute.
 
     ``$model/<sub>`` and relative paths in the ``segmentation``, ``embedding`` and ``plda``
-    parameters become ``{"checkpoint": <absolute path>}`` against `base` (default: the
-    file's directory; a
-    mapping also keeps pyannote from routing a path that contains "wespeaker" or
-    "speechbrain" to another loader). Other strings (hub ids) are left alone. Raises
-    `ModelNotFound` when a referenced file is missing.
+    parameters become ``{"checkpoint": <absolute path>}``, resolved against `base`
+    (default: the file's directory). A mapping also keeps pyannote from routing a path
+    that contains "wespeaker" or "speechbrain" to another loader. Other strings (hub ids)
+    are left alone. Raises `ModelNotFound` when a referenced file is missing.
     """
     import yaml
 

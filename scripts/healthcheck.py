@@ -2,10 +2,11 @@
 
 Exit status 0 when ``/health`` answers 200, else 1 with one line saying why (podman and
 docker keep it in the container's health log). TLS verification is never turned off: the
-trust is the system store plus every CA file the service knows of (``ca.crt`` of the TLS
-directory, the self-signed CA under ``<state>/tls``, ``REFLECTOR_GPU_EXTRA_CA``), and the
+trust is the system store plus every CA the service knows of (``ca.crt`` of the TLS
+directory, the self-signed CA under ``<state>/tls``, ``REFLECTOR_GPU_EXTRA_CA``, and the CA
+certificates that follow the leaf in the served chain, as `make cert` writes them), and the
 name checked is one the served certificate claims (``localhost`` when it covers it, else its
-first SAN), read from the copy Granian serves in ``<state>/run/tls-cert.pem``.
+first SAN). Both come from the copy Granian serves, ``<state>/run/tls-cert.pem``.
 
 Usage (what the image runs)::
 
@@ -19,16 +20,20 @@ import ssl
 import sys
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from app import settings as settings_module
 
 TIMEOUT_SECONDS = 5.0
 
 
-def served_name(settings: settings_module.Settings) -> str:
-    """A name the certificate Granian serves is valid for, preferring ``localhost``."""
-    pem = (settings.run_dir / "tls-cert.pem").read_bytes()
-    leaf = x509.load_pem_x509_certificates(pem)[0]
+def served_chain(settings: settings_module.Settings) -> list[x509.Certificate]:
+    """The certificate chain Granian serves (leaf first)."""
+    return x509.load_pem_x509_certificates((settings.run_dir / "tls-cert.pem").read_bytes())
+
+
+def served_name(leaf: x509.Certificate) -> str:
+    """A name `leaf` is valid for, preferring ``localhost``."""
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     dns = san.get_values_for_type(x509.DNSName)
     ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
@@ -41,8 +46,8 @@ def served_name(settings: settings_module.Settings) -> str:
     return names[0]
 
 
-def trust(settings: settings_module.Settings) -> ssl.SSLContext:
-    """The system store plus the CA files this service knows of (missing ones skipped)."""
+def trust(settings: settings_module.Settings, chain: list[x509.Certificate]) -> ssl.SSLContext:
+    """The system store plus the CAs this service knows of (missing files skipped)."""
     context = ssl.create_default_context()
     candidates = [settings.cert_dir / "ca.crt", *settings.extra_ca]
     if settings.tls_dir is not None:
@@ -50,6 +55,8 @@ def trust(settings: settings_module.Settings) -> ssl.SSLContext:
     for path in candidates:
         if path.is_file():
             context.load_verify_locations(cafile=str(path))
+    for cert in chain[1:]:
+        context.load_verify_locations(cadata=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"))
     return context
 
 
@@ -61,9 +68,11 @@ def check() -> str:
     sock = socket.create_connection((address, settings.port), timeout=TIMEOUT_SECONDS)
     try:
         if settings.tls != "off":
-            name = served_name(settings)
-            sock = trust(settings).wrap_socket(sock, server_hostname=name)
-        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode("ascii"))
+            chain = served_chain(settings)
+            name = served_name(chain[0])
+            sock = trust(settings, chain).wrap_socket(sock, server_hostname=name)
+        host = f"[{name}]" if ":" in name else name
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("ascii"))
         status = sock.recv(1024).split(b"\r\n", 1)[0].decode("latin-1")
     finally:
         sock.close()

@@ -22,7 +22,7 @@ from app import settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.routes import health, transcription
+from app.routes import health, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -33,6 +33,7 @@ ROUTES = [
     health.ready,
     transcription.transcriptions,
     transcription.transcriptions_from_url,
+    translation.translate,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 

@@ -10,6 +10,7 @@ Command line::
 
     python -m app.models prepare          # the embedded defaults (part of `make models`)
     python -m app.models fetch whisper large-v3
+    python -m app.models fetch translation facebook/m2m100_418M
 """
 
 from __future__ import annotations
@@ -127,6 +128,115 @@ def fetch_whisper(settings: Settings, name: str) -> str:
         ) from None
 
 
+TRANSLATION_SETTING = "REFLECTOR_GPU_TRANSLATION_MODEL"
+DEFAULT_TRANSLATION_MODEL = "facebook/m2m100_418M"  # MIT licence, 100 languages
+# What a translation model directory needs besides CTranslate2's own files: the tokenizer
+# (SentencePiece models, Marian's vocab.json) and tokenizer_config.json, which names the
+# tokenizer class (how the worker tells M2M100 / NLLB / MADLAD / Marian apart) and, for
+# Marian, the language pair. CTranslate2 writes its own config.json, so the model's is not copied.
+TRANSLATION_TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "source.spm",
+    "target.spm",
+    "vocab.json",
+    "tokenizer.json",
+)
+
+
+def translation_dir(settings: Settings, name: str) -> Path:
+    """Where ``fetch translation NAME`` puts the converted model: ``<models>/translation-<name>``."""
+    return _hub_dir(settings, "translation", name)
+
+
+def _translation_converter() -> type:
+    """CTranslate2's `TransformersConverter`, made to see M2M100's language tokens.
+
+    Transformers 5's `M2M100Tokenizer` keeps its 100 ``__xx__`` tokens in
+    `lang_token_to_id` and no longer lists them in `get_vocab()`, so the stock converter
+    would write a vocabulary without them (and shorter than the embedding matrix). The
+    tokenizer is patched to report them at their ids before the vocabulary is read.
+    """
+    from ctranslate2.converters import TransformersConverter
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+            language_ids = getattr(tokenizer, "lang_token_to_id", None)
+            vocab = tokenizer.get_vocab()
+            if language_ids and not set(language_ids) <= set(vocab):
+                vocab.update(language_ids)
+                tokenizer.get_vocab = lambda: dict(vocab)
+            return tokenizer
+
+    return Converter
+
+
+def convert_translation(source: Path, output: Path, quantization: str | None = "float16") -> Path:
+    """Convert a local Transformers translation model directory to CTranslate2 at `output`.
+
+    `source` holds ``config.json``, the weights and the tokenizer files (M2M100, NLLB,
+    MADLAD-400/T5 or MarianMT). `quantization` is the stored weight type (None keeps the
+    checkpoint's); the worker still picks its compute type at load time (int8 on CPU,
+    int8_float16 on CUDA). The tokenizer files in `TRANSLATION_TOKENIZER_FILES` that exist
+    are copied alongside. Writes into a temporary sibling directory and renames it, so an
+    interrupted run never leaves a half model at `output`; an existing `output` is replaced.
+    Needs `transformers` and `torch` (the converter loads the checkpoint). Returns `output`.
+    """
+    copy = [name for name in TRANSLATION_TOKENIZER_FILES if (source / name).is_file()]
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _translation_converter()(str(source), copy_files=copy).convert(str(partial), quantization=quantization)
+        shutil.rmtree(output, ignore_errors=True)
+        partial.rename(output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return output
+
+
+def fetch_translation(settings: Settings, name: str) -> Path:
+    """Download hub model `name` (e.g. ``facebook/m2m100_418M``) and convert it for CTranslate2.
+
+    A local Transformers directory given as `name` is converted without the network. The
+    result lands in `translation_dir`; point ``REFLECTOR_GPU_TRANSLATION_MODEL`` at the
+    name or the printed path. Raises `ModelNotFound` when the hub cannot be reached or the
+    model cannot be converted.
+    """
+    target = translation_dir(settings, Path(name).name if Path(name).is_dir() else name)
+    if Path(name).is_dir():
+        return convert_translation(Path(name), target)
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    download = settings.models_dir / f".download-{target.name}"
+    try:
+        try:
+            files = list_repo_files(name, token=settings.hf_token or None)
+            # One format of weights (safetensors preferred), with its shard index when sharded.
+            weights = [f for f in files if f.endswith((".safetensors", ".safetensors.index.json"))] or [
+                f for f in files if f.startswith("pytorch_model") and f.endswith((".bin", ".bin.index.json"))
+            ]
+            snapshot_download(
+                name,
+                allow_patterns=["config.json", *weights, *TRANSLATION_TOKENIZER_FILES],
+                local_dir=str(download),
+                token=settings.hf_token or None,
+            )
+        except Exception as exc:  # noqa: BLE001 - network, auth, unknown name: all end the same way
+            raise ModelNotFound(
+                f"{TRANSLATION_SETTING}: could not download {name} from the model hub ({type(exc).__name__})"
+            ) from None
+        try:
+            return convert_translation(download, target)
+        except (ValueError, NotImplementedError, OSError) as exc:
+            raise ModelNotFound(f"{name} could not be converted for CTranslate2: {exc}") from None
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+
+
 def check_paths(settings: Settings) -> list[str]:
     """Problems with model settings that name a path, found before any worker starts."""
     problems = []
@@ -147,15 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="prepare the embedded default models (no network)")
     fetch = sub.add_parser("fetch", help="download a model from the model hub")
-    fetch.add_argument("family", choices=["whisper"])
-    fetch.add_argument("name")
+    fetch.add_argument("family", choices=["whisper", "translation"])
+    fetch.add_argument("name", nargs="?", help=f"hub id or local directory (translation default: {DEFAULT_TRANSLATION_MODEL})")
     args = parser.parse_args(argv)
     settings = settings_module.load()
     try:
         if args.command == "prepare":
             prepare(settings)
         elif args.family == "whisper":
+            if not args.name:
+                parser.error("fetch whisper needs a NAME (e.g. large-v3)")
             print(fetch_whisper(settings, args.name))
+        else:
+            print(fetch_translation(settings, args.name or DEFAULT_TRANSLATION_MODEL))
     except ServiceError as exc:
         print(exc.detail, file=sys.stderr)
         return 1

@@ -163,8 +163,13 @@ class Service:
         return self.process.returncode
 
 
-def start_service(cert_dir: Path | None, api_key: str | None = API_KEY, wait: bool = True, **env: str) -> Service:
-    """Start ``entrypoint.py`` on a free loopback port; `env` adds ``REFLECTOR_GPU_*`` settings."""
+def start_service(
+    cert_dir: Path | None, api_key: str | None = API_KEY, wait: bool = True, ca_file: Path | None = None, **env: str
+) -> Service:
+    """Start ``entrypoint.py`` on a free loopback port; `env` adds ``REFLECTOR_GPU_*`` settings.
+
+    Clients trust `ca_file`, else ``ca.crt`` of `cert_dir`, else the self-signed CA in the
+    state dir."""
     # Unix socket paths are limited to 108 bytes: keep the state dir short.
     state_dir = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))
     port = free_port()
@@ -186,7 +191,8 @@ def start_service(cert_dir: Path | None, api_key: str | None = API_KEY, wait: bo
         [sys.executable, str(ROOT / "entrypoint.py")], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
     )
     scheme = "http" if env.get("REFLECTOR_GPU_TLS") == "off" else "https"
-    ca_file = cert_dir / "ca.crt" if cert_dir is not None else state_dir / "tls" / "ca.crt"
+    if ca_file is None:
+        ca_file = cert_dir / "ca.crt" if cert_dir is not None else state_dir / "tls" / "ca.crt"
     service = Service(f"{scheme}://localhost:{port}", state_dir, process, log_path, ca_file if scheme == "https" else None, api_key)
     if wait:
         try:

@@ -252,6 +252,7 @@ def test_limits_and_an_open_host(cert_dir: Path, sample_wav: Path, audio_server)
         REFLECTOR_GPU_MAX_DOWNLOAD_BYTES="300000",
         REFLECTOR_GPU_MAX_AUDIO_SECONDS="5",
         REFLECTOR_GPU_DOWNLOAD_TIMEOUT="2",
+        REFLECTOR_GPU_QUEUE_SIZE="1",
     ) as service:
         assert "ANYONE" in service.log()
         client = service.client(key=None)
@@ -266,3 +267,17 @@ def test_limits_and_an_open_host(cert_dir: Path, sample_wav: Path, audio_server)
         seven_seconds = write_wav(service.state_dir / "seven.wav", decode_mono(sample_wav)[: 7 * 16000])
         too_long = client.post("/v1/audio/transcriptions", files={"file": ("seven.wav", seven_seconds.read_bytes())})
         assert too_long.status_code == 413 and "REFLECTOR_GPU_MAX_AUDIO_SECONDS" in too_long.json()["detail"]
+
+        # A queue of one: while one job runs, the next is refused with Retry-After.
+        four_seconds = write_wav(service.state_dir / "four.wav", decode_mono(sample_wav)[6 * 16000 : 10 * 16000])
+        from concurrent.futures import ThreadPoolExecutor
+
+        def post(_: int):
+            return client.post("/v1/audio/transcriptions", files={"file": ("four.wav", four_seconds.read_bytes())})
+
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(post, range(4)))
+        assert 200 in [r.status_code for r in statuses]
+        refused = [r for r in statuses if r.status_code == 503]
+        assert refused and all(int(r.headers["retry-after"]) > 0 for r in refused)
+        assert "queued" in refused[0].json()["detail"]

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.settings import Settings
+from app.workers import translator
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class WorkerSpec:
 
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("whisper", "app.workers.whisper:WhisperEngine"),
+    WorkerSpec(
+        "translator",
+        "app.workers.translator:TranslatorEngine",
+        configured=translator.is_configured,
+        not_configured_detail=translator.NOT_CONFIGURED,
+    ),
 )
 
 

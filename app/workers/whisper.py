@@ -1,7 +1,8 @@
 """The Whisper engine (faster-whisper on CTranslate2) and its messages.
 
 One `TranscribeRequest` names an audio file on local disk; the reply is a `Transcript`.
-Transcription uses faster-whisper's `BatchedInferencePipeline`: Silero VAD cuts the audio
+Transcription uses faster-whisper's `BatchedInferencePipeline` (beam search,
+`REFLECTOR_GPU_WHISPER_BEAM_SIZE`): Silero VAD cuts the audio
 into speech regions, merges them into pieces of at most 30 s, decodes the pieces in
 batches of `REFLECTOR_GPU_WHISPER_BATCH_SIZE`, and maps every word back to the original
 timeline. Clips shorter than 0.5 s are padded with silence first (short inputs make some
@@ -131,6 +132,9 @@ class WhisperEngine:
             batch_size=self.settings.whisper_batch_size,
             word_timestamps=True,
             vad_filter=True,
+            # Timestamp tokens let Whisper split each 30-s piece into its own segments; on the
+            # pyannote sample this took tiny.en's WER from 0.185 to 0.160 at the same speed.
+            without_timestamps=False,
         )
         texts: list[str] = []
         raw: list[tuple[str, float, float]] = []

@@ -1,0 +1,82 @@
+"""``POST /translate``: text from one of Reflector's languages into another.
+
+Reflector's production client sends everything in the query string
+(``?text=...&source_language=en&target_language=fr``); its conformance test sends ``text``
+in the query and the languages in a JSON body. Both work: each parameter comes from the
+query string when present there, else from the JSON body, else its default (``en`` ->
+``fr``). The answer is ``{"text": {<source>: <input>, <target>: <translation>}}``.
+
+Same source and target (a code in the language table) answer the text unchanged without
+the model. Text over ``REFLECTOR_GPU_MAX_TRANSLATE_CHARS`` characters is refused with 413.
+Everything else goes to the translator worker, which answers 400 for a language the loaded
+model lacks (listing those it has); with no model installed the worker is not configured
+and the answer is 503 saying how to install one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import post
+from litestar.params import Parameter
+
+from app.errors import BadRequest, PayloadTooLarge
+from app.languages import load_table
+from app.settings import Settings
+from app.workers import client
+from app.workers.translator import TranslateRequest, Translation
+
+DEFAULT_SOURCE = "en"
+DEFAULT_TARGET = "fr"
+
+
+class TranslationParameters(msgspec.Struct):
+    """The optional JSON body; any field also present in the query string is taken from there."""
+
+    text: str | None = None
+    source_language: str | None = None
+    target_language: str | None = None
+
+
+class TranslationResult(msgspec.Struct):
+    """``text`` maps the source code to the input and the target code to its translation
+    (one entry when they are the same language)."""
+
+    text: dict[str, str]
+
+
+def _code(value: str | None, default: str) -> str:
+    value = (value or "").strip().lower()
+    return value or default
+
+
+@post("/translate", name="translate", status_code=200)
+async def translate(
+    settings: Settings,
+    data: TranslationParameters | None = None,
+    text: Annotated[str | None, Parameter(description="the text to translate")] = None,
+    source_language: Annotated[str | None, Parameter(description="Reflector's code, default en")] = None,
+    target_language: Annotated[str | None, Parameter(description="Reflector's code, default fr")] = None,
+) -> TranslationResult:
+    """Translate ``text`` from ``source_language`` (default ``en``) to ``target_language`` (default ``fr``).
+
+    Parameters come from the query string, else the JSON body. Codes are Reflector's
+    (``fr``, ``de``, ``cmn``, ``yue``...). 400 for a missing text or a language the model
+    lacks, 413 over the length limit, 503 when no translation model is installed.
+    """
+    body = data or TranslationParameters()
+    text = text if text is not None else body.text
+    source = _code(source_language if source_language is not None else body.source_language, DEFAULT_SOURCE)
+    target = _code(target_language if target_language is not None else body.target_language, DEFAULT_TARGET)
+    if text is None:
+        raise BadRequest("no text: send it as the 'text' query parameter (or in a JSON body)")
+    if len(text) > settings.max_translate_chars:
+        raise PayloadTooLarge(
+            f"text of {len(text)} characters is over the {settings.max_translate_chars}-character limit "
+            "(REFLECTOR_GPU_MAX_TRANSLATE_CHARS); send it in parts"
+        )
+    if source == target and source in load_table():
+        return TranslationResult(text={source: text})
+    result = await client.call(settings, "translator", TranslateRequest(text, source, target), Translation)
+    return TranslationResult(text={source: text, target: result.text})

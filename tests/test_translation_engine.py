@@ -1,0 +1,268 @@
+"""The translation worker's engine, the language table and model conversion, without HTTP.
+
+Models are the tiny random ones from `translation_models` (built here, no model hub).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from tests.translation_models import (  # noqa: F401 - fixtures
+    build_marian,
+    generated_sentences,
+    m2m100_model,
+    madlad_model,
+    marian_model,
+    nllb_model,
+)
+
+from app import models
+from app.errors import BadRequest
+from app.languages import FAMILIES, language_token, load_table, parse_table
+from app.models import ModelNotFound
+from app.settings import Settings
+from app.workers.translator import (
+    TranslateRequest,
+    TranslatorEngine,
+    chunk_tokens,
+    detect_family,
+    is_configured,
+    split_sentences,
+    translation_model_path,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NO_CANCEL = threading.Event()
+
+
+def reflector_codes() -> list[str]:
+    lines = (FIXTURES / "reflector-languages.tsv").read_text(encoding="utf-8").splitlines()
+    return [line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
+# --- the language table -------------------------------------------------------------------
+
+
+def test_table_covers_every_reflector_language_and_nothing_else():
+    codes = reflector_codes()
+    assert len(codes) == 95
+    assert sorted(load_table()) == sorted(codes)
+
+
+def test_every_family_code_is_one_that_family_really_has():
+    """Checked against the language lists shipped in `transformers` (facts, not our table)."""
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES as M2M
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES as NLLB
+
+    table = load_table()
+    m2m = {lang.codes["m2m100"] for lang in table.values() if "m2m100" in lang.codes}
+    nllb = {lang.codes["nllb"] for lang in table.values() if "nllb" in lang.codes}
+    assert m2m <= set(M2M["m2m100"])
+    assert nllb <= set(NLLB)
+    assert table["fr"].codes == {"m2m100": "fr", "nllb": "fra_Latn", "madlad": "fr", "marian": "fr"}
+    assert language_token("m2m100", table["cmn"].codes["m2m100"]) == "__zh__"
+    assert language_token("nllb", table["fr"].codes["nllb"]) == "fra_Latn"
+    assert language_token("madlad", table["fr"].codes["madlad"]) == "<2fr>"
+
+
+def test_family_coverage(capsys):
+    """How many of Reflector's 95 each family covers (printed for the report; NLLB has all)."""
+    table = load_table()
+    counts = {family: sum(family in lang.codes for lang in table.values()) for family in FAMILIES}
+    approximate = {family: sum(family in lang.approximate for lang in table.values()) for family in FAMILIES}
+    with capsys.disabled():
+        print(f"\nlanguage coverage of Reflector's {len(table)}: {counts}; of them approximate: {approximate}")
+    assert counts["nllb"] == 95 and approximate["nllb"] == 0
+    assert counts["m2m100"] >= 80
+
+
+def test_parse_table_rejects_bad_rows():
+    header = "code\tname\tm2m100\tnllb\tmadlad\tmarian\n"
+    with pytest.raises(ValueError, match="line 2: 5 fields"):
+        parse_table(header + "fr\tFrench\tfr\tfra_Latn\tfr\n")
+    with pytest.raises(ValueError, match="appears twice"):
+        parse_table(header + "fr\tFrench\tfr\t-\t-\t-\nfr\tFrench\tfr\t-\t-\t-\n")
+    with pytest.raises(ValueError, match="header lacks madlad"):
+        parse_table("code\tname\tm2m100\tnllb\tmarian\n")
+    parsed = parse_table("# comment\n" + header + "arz\tEgyptian Arabic\tar~\tarz_Arab\t-\tar~\n")
+    assert parsed["arz"].codes == {"m2m100": "ar", "nllb": "arz_Arab", "marian": "ar"}
+    assert parsed["arz"].approximate == {"m2m100", "marian"}
+
+
+# --- text handling -------------------------------------------------------------------------
+
+
+def test_split_sentences_keeps_separators():
+    text = "  Hello there. How are you?  Fine!\n\nNew paragraph… ok 日本語です。次の文。\nlast"
+    pieces = split_sentences(text)
+    assert [s for s, _ in pieces] == [
+        "Hello there.", "How are you?", "Fine!", "New paragraph…", "ok 日本語です。", "次の文。", "last",
+    ]
+    assert "".join(s + sep for s, sep in pieces) == text.lstrip()
+    assert split_sentences("") == [] and split_sentences("   ") == []
+    assert split_sentences("no end") == [("no end", "")]
+
+
+def test_chunk_tokens_cuts_long_runs_at_word_starts():
+    tokens = [("▁w" if i % 3 == 0 else "x") for i in range(1000)]
+    chunks = chunk_tokens(tokens, limit=200)
+    assert sum(chunks, []) == tokens
+    assert all(len(c) <= 200 for c in chunks)
+    assert all(c[0].startswith("▁") for c in chunks)
+    assert chunk_tokens(["a"] * 450, limit=200) == [["a"] * 200, ["a"] * 200, ["a"] * 50]
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_not_configured_says_how_to_install(tmp_path):
+    settings = Settings(models_dir=tmp_path)
+    assert not is_configured(settings)
+    with pytest.raises(ModelNotFound, match=r"python -m app.models fetch translation"):
+        translation_model_path(settings)
+    named = Settings(models_dir=tmp_path, translation_model="facebook/nllb-200-distilled-600M")
+    assert is_configured(named)
+    with pytest.raises(ModelNotFound, match=r"REFLECTOR_GPU_TRANSLATION_MODEL=facebook/nllb.*fetch translation"):
+        translation_model_path(named)
+    with pytest.raises(ModelNotFound, match="no CTranslate2 model.bin"):
+        translation_model_path(Settings(translation_model=str(tmp_path)))
+
+
+def test_fetched_default_is_found_without_setting(tmp_path, marian_model):
+    target = models.translation_dir(Settings(models_dir=tmp_path), models.DEFAULT_TRANSLATION_MODEL)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(marian_model, target_is_directory=True)
+    settings = Settings(models_dir=tmp_path)
+    assert is_configured(settings)
+    assert translation_model_path(settings) == target
+
+
+def test_detect_family():
+    assert detect_family({"tokenizer_class": "M2M100Tokenizer"}, set()) == "m2m100"
+    assert detect_family({"tokenizer_class": "NllbTokenizerFast"}, set()) == "nllb"
+    assert detect_family({"tokenizer_class": "T5Tokenizer"}, {"<2en>"}) == "madlad"
+    assert detect_family({"tokenizer_class": "MarianTokenizer"}, set()) == "marian"
+    assert detect_family({}, {"eng_Latn", "fra_Latn"}) == "nllb"
+    assert detect_family({}, {"<2en>"}) == "madlad"
+    with pytest.raises(ModelNotFound, match="cannot tell the model family"):
+        detect_family({"tokenizer_class": "BertTokenizer"}, {"hello"})
+
+
+@pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
+def test_fetch_converts_a_local_transformers_directory(tmp_path, marian_model, monkeypatch):
+    """`python -m app.models fetch translation DIR` converts without the network."""
+    hf_dir = marian_model.parent / "hf"
+    monkeypatch.setenv("REFLECTOR_GPU_MODELS_DIR", str(tmp_path))
+    assert models.main(["fetch", "translation", str(hf_dir)]) == 0
+    converted = tmp_path / "translation-hf"
+    assert (converted / "model.bin").is_file() and (converted / "source.spm").is_file()
+    assert not list(tmp_path.glob("*.partial"))
+    engine = TranslatorEngine(Settings(translation_model=str(converted), device="cpu"))
+    reference = TranslatorEngine(Settings(translation_model=str(marian_model), device="cpu"))
+    request = TranslateRequest("Kalo mine rusa to.", "en", "fr")
+    assert engine.handle(request, NO_CANCEL).text == reference.handle(request, NO_CANCEL).text
+
+
+def test_marian_without_language_pair_is_refused(tmp_path):
+    model = build_marian(tmp_path / "m", source_lang="", target_lang="")
+    with pytest.raises(ModelNotFound, match="source_lang"):
+        TranslatorEngine(Settings(translation_model=str(model), device="cpu"))
+
+
+# --- the engine on real (tiny) models ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def marian(marian_model):
+    return TranslatorEngine(Settings(translation_model=str(marian_model), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def m2m100(m2m100_model):
+    return TranslatorEngine(Settings(translation_model=str(m2m100_model), device="cpu"))
+
+
+def test_marian_translates_deterministically(marian):
+    pong = marian.describe()
+    assert pong.kind == "translator" and pong.device == "cpu"
+    assert pong.info["family"] == "marian" and pong.info["compute_type"] == "int8"
+    assert pong.info["source_languages"] == ["en"] and pong.info["target_languages"] == ["fr"]
+    text = "Kalo mine rusa to vize."
+    first = marian.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL)
+    second = marian.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL)
+    assert first.text and first.text != text
+    assert first == second
+    assert first.pieces == 1
+
+
+def test_marian_refuses_a_language_it_lacks(marian):
+    with pytest.raises(BadRequest, match=r"cannot translate into German \('de'\); supported target languages: fr"):
+        marian.handle(TranslateRequest("hello", "en", "de"), NO_CANCEL)
+    with pytest.raises(BadRequest, match=r"'xx' is not a language code this service knows.*: en$"):
+        marian.handle(TranslateRequest("hello", "xx", "fr"), NO_CANCEL)
+
+
+def test_m2m100_uses_the_language_tokens(m2m100):
+    info = m2m100.describe().info
+    assert info["family"] == "m2m100"
+    assert len(info["target_languages"]) == sum("m2m100" in lang.codes for lang in load_table().values())
+    assert {"ary", "arz", "nn", "yue"} == set(info["approximate"])
+    text = " ".join(generated_sentences(10, seed=5))
+    to_fr = m2m100.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text
+    to_de = m2m100.handle(TranslateRequest(text, "en", "de"), NO_CANCEL).text
+    from_es = m2m100.handle(TranslateRequest(text, "es", "fr"), NO_CANCEL).text
+    assert len({to_fr, to_de, from_es, text}) == 4  # target prefix and source token both reach the model
+    for output in (to_fr, to_de, from_es):
+        assert output.strip()
+        assert "__" not in output and "madeupword" not in output and "</s>" not in output
+    assert m2m100.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text == to_fr
+
+
+def test_same_language_and_empty_text_pass_through(m2m100):
+    assert m2m100.handle(TranslateRequest("Kalo mine.", "fr", "fr"), NO_CANCEL).text == "Kalo mine."
+    assert m2m100.handle(TranslateRequest("", "en", "fr"), NO_CANCEL).text == ""
+    assert m2m100.handle(TranslateRequest(" \n ", "en", "fr"), NO_CANCEL).text == " \n "
+
+
+def test_long_text_is_split_batched_and_rejoined(m2m100):
+    sentences = generated_sentences(60, seed=3)
+    text = " ".join(sentences[:30]) + "\n\n" + " ".join(sentences[30:])
+    whole = m2m100.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL)
+    assert whole.pieces == 60
+    assert whole.text.count("\n\n") == 1
+    sentence = sentences[0]
+    repeated = m2m100.handle(TranslateRequest(f"{sentence} {sentence}\n\n{sentence}", "en", "fr"), NO_CANCEL)
+    first, second = repeated.text.split("\n\n")
+    assert repeated.pieces == 3 and first == f"{second} {second}"  # each sentence on its own, rejoined
+    unpunctuated = " ".join(s.rstrip(".!?") for s in sentences)  # one "sentence" of ~450 words
+    long = m2m100.handle(TranslateRequest(unpunctuated, "en", "fr"), NO_CANCEL)
+    assert long.pieces > 1 and long.text
+
+
+def test_nllb_has_every_reflector_language_and_uses_flores_tokens(nllb_model):
+    engine = TranslatorEngine(Settings(translation_model=str(nllb_model), device="cpu"))
+    info = engine.describe().info
+    assert info["family"] == "nllb"
+    assert info["target_languages"] == sorted(reflector_codes()) and info["approximate"] == []
+    assert engine._source_tokens(["▁x"], "en", "fr") == ["eng_Latn", "▁x", "</s>"]
+    text = " ".join(generated_sentences(10, seed=5))
+    to_fr = engine.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text
+    to_de = engine.handle(TranslateRequest(text, "en", "de"), NO_CANCEL).text
+    from_es = engine.handle(TranslateRequest(text, "es", "fr"), NO_CANCEL).text
+    assert len({to_fr, to_de, from_es, text}) == 4
+    assert "_Latn" not in to_fr + to_de + from_es and "</s>" not in to_fr
+    assert engine.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text == to_fr
+
+
+def test_madlad_puts_the_target_token_first_and_never_prints_it(madlad_model):
+    engine = TranslatorEngine(Settings(translation_model=str(madlad_model), device="cpu"))
+    info = engine.describe().info
+    assert info["family"] == "madlad"
+    assert len(info["target_languages"]) == 94 and "luo" not in info["target_languages"]
+    assert engine._source_tokens(["▁x"], "en", "tl") == ["<2fil>", "▁x", "</s>"]
+    result = engine.handle(TranslateRequest("Kalo mine rusa to vize.", "en", "fr"), NO_CANCEL)
+    assert result.text.strip() and "<2" not in result.text and result.text != "Kalo mine rusa to vize."
+    with pytest.raises(BadRequest, match="cannot translate into Luo"):
+        engine.handle(TranslateRequest("x", "en", "luo"), NO_CANCEL)

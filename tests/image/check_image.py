@@ -6,8 +6,9 @@ built first. ``REFLECTOR_GPU_TEST_IMAGE`` names the image, ``PODMAN`` the podman
 Every HTTPS request verifies the server with the CA in use (strict X.509 checks) and the name
 ``localhost``; ports are published on 127.0.0.1 only. The checks:
 - a `make cert` directory mounted at /certs (``server.pem`` and ``server-key.pem`` only, the
-  key group-readable by the image's group; never ``ca.key``): ``/health``, ``/ready``, the HEALTHCHECK, a real
-  transcription of pyannote's sample, 401 without the key, non-root processes; a certificate
+  key group-readable by the image's group; never ``ca.key``) and a tiny M2M100 translation
+  model under the /models volume: ``/health``, ``/ready``, the HEALTHCHECK, a real
+  transcription of pyannote's sample, a translation, 401 without the key, non-root processes; a certificate
   swap is picked up (the supervisor validates, then SIGHUPs Granian) while fresh connections
   keep succeeding; a broken swap is rejected and the previous certificate keeps serving;
   ``podman stop`` during a transcription answers that request (200, or 503) and ends the
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app import tls
 from tests.conftest import API_KEY, free_port, strict_context
+from tests.translation_models import build_m2m100
 
 IMAGE = os.environ.get("REFLECTOR_GPU_TEST_IMAGE", "localhost/reflector-gpu:cpu-test")
 PODMAN = shlex.split(os.environ.get("PODMAN", "podman"))
@@ -166,8 +168,19 @@ def cert_mount(cert_source: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def with_certs(cert_source: Path, cert_mount: Path) -> Iterator[Container]:
-    with container("certs", cert_source / "ca.crt", "--volume", f"{cert_mount}:/certs:ro") as box:
+def m2m100_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random M2M100 model (CTranslate2 + tokenizer), as a user would mount one."""
+    return build_m2m100(tmp_path_factory.mktemp("m2m100"))
+
+
+@pytest.fixture(scope="module")
+def with_certs(cert_source: Path, cert_mount: Path, m2m100_dir: Path) -> Iterator[Container]:
+    with container(
+        "certs", cert_source / "ca.crt",
+        "--volume", f"{cert_mount}:/certs:ro",
+        "--volume", f"{m2m100_dir}:/models/m2m100:ro",
+        "--env", "REFLECTOR_GPU_TRANSLATION_MODEL=/models/m2m100",
+    ) as box:
         box.wait_ready()
         yield box
 
@@ -177,7 +190,8 @@ def test_health_ready_and_healthcheck(with_certs: Container) -> None:
         assert c.get("/health").status_code == 200
         ready = c.get("/ready")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["workers"]["whisper"] == "ready"
+        workers = ready.json()["workers"]
+        assert workers["whisper"] == "ready" and workers["translator"] == "ready", workers
     result = podman("healthcheck", "run", with_certs.name, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     inspect = podman("inspect", "--format", "{{json .Config.Healthcheck}}", with_certs.name).stdout
@@ -204,6 +218,16 @@ def test_transcribes_pyannote_sample(with_certs: Container, sample_wav: Path, sa
     print(f"WER of the image's tiny.en on sample.wav: {wer:.3f}")
     assert wer <= 0.20
     assert data["words"] and data["words"][-1]["end"] <= 30.5
+
+
+def test_translates_with_a_model_from_the_models_volume(with_certs: Container) -> None:
+    text = "The meeting will start in five minutes."
+    with with_certs.client() as c:
+        response = c.post("/translate", params={"text": text, "source_language": "en", "target_language": "fr"})
+    assert response.status_code == 200, response.text
+    body = response.json()["text"]
+    assert body["en"] == text
+    assert body["fr"].strip() and body["fr"] != text  # a random model, but it really ran
 
 
 def test_401_without_key(with_certs: Container, sample_wav: Path) -> None:

@@ -7,8 +7,11 @@ Every HTTPS request verifies the server with the CA in use (strict X.509 checks)
 ``localhost``; ports are published on 127.0.0.1 only. The checks:
 - a `make cert` directory mounted at /certs (``server.pem`` and ``server-key.pem`` only, the
   key group-readable by the image's group; never ``ca.key``) and a tiny M2M100 translation
-  model under the /models volume: ``/health``, ``/ready``, the HEALTHCHECK, a real
-  transcription of pyannote's sample, a translation, 401 without the key, non-root processes; a certificate
+  model under the /models volume; the CA trusted for downloads through
+  ``REFLECTOR_GPU_EXTRA_CA``: ``/health``, ``/ready``, the HEALTHCHECK, a real
+  transcription of pyannote's sample (uploaded, and from an HTTPS URL whose certificate only
+  that extra CA verifies), speaker diarization once the image has a diarizer worker, a
+  translation, 401 without the key, non-root processes; a certificate
   swap is picked up (the supervisor validates, then SIGHUPs Granian) while fresh connections
   keep succeeding; a broken swap is rejected and the previous certificate keeps serving;
   ``podman stop`` during a transcription answers that request (200, or 503) and ends the
@@ -20,7 +23,9 @@ Every HTTPS request verifies the server with the CA in use (strict X.509 checks)
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import http.server
 import os
 import re
 import shlex
@@ -180,6 +185,8 @@ def with_certs(cert_source: Path, cert_mount: Path, m2m100_dir: Path) -> Iterato
         "--volume", f"{cert_mount}:/certs:ro",
         "--volume", f"{m2m100_dir}:/models/m2m100:ro",
         "--env", "REFLECTOR_GPU_TRANSLATION_MODEL=/models/m2m100",
+        "--volume", f"{cert_source / 'ca.crt'}:/etc/reflector-gpu/extra-ca.pem:ro",
+        "--env", "REFLECTOR_GPU_EXTRA_CA=/etc/reflector-gpu/extra-ca.pem",
     ) as box:
         box.wait_ready()
         yield box
@@ -218,6 +225,60 @@ def test_transcribes_pyannote_sample(with_certs: Container, sample_wav: Path, sa
     print(f"WER of the image's tiny.en on sample.wav: {wer:.3f}")
     assert wer <= 0.20
     assert data["words"] and data["words"][-1]["end"] <= 30.5
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def audio_url(with_certs: Container, cert_source: Path, sample_wav: Path, tmp_path_factory) -> Iterator[str]:
+    """HTTPS base URL of a server for pyannote's sample directory, as containers reach the host
+    (``host.containers.internal``), bound to podman's bridge gateway only. Its certificate is
+    issued by the `make cert` CA, which the container trusts only through REFLECTOR_GPU_EXTRA_CA."""
+    gateway = podman("network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}")
+    ca_cert, ca_key = tls.load_or_make_ca(cert_source)
+    files = tls.issue_server_cert(
+        tmp_path_factory.mktemp("audio-tls"), ca_cert, ca_key, [tls.parse_name("host.containers.internal")]
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    handler = functools.partial(_QuietHandler, directory=str(sample_wav.parent))
+    server = http.server.ThreadingHTTPServer((gateway.stdout.strip(), 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://host.containers.internal:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_transcribes_from_a_url_trusted_through_extra_ca(
+    with_certs: Container, audio_url: str, sample_words: list[str]
+) -> None:
+    url = f"{audio_url}/sample.wav?X-Amz-Signature=not-for-logs"
+    with with_certs.client() as c:
+        response = c.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": url, "language": "en"})
+    assert response.status_code == 200, response.text
+    wer = jiwer.wer(normalise(" ".join(sample_words)), normalise(response.json()["text"]))
+    assert wer <= 0.20
+    assert "not-for-logs" not in with_certs.logs()
+
+
+def test_diarizes_from_a_url(with_certs: Container, audio_url: str) -> None:
+    with with_certs.client(key=None) as c:
+        workers = c.get("/ready").json()["workers"]
+    if "diarizer" not in workers:
+        pytest.skip(f"this build has no diarizer worker yet (workers: {sorted(workers)})")
+    with with_certs.client() as c:
+        response = c.post("/diarize", params={"audio_file_url": f"{audio_url}/sample.wav", "timestamp": 0})
+    assert response.status_code == 200, response.text
+    turns = response.json()["diarization"]
+    assert len({turn["speaker"] for turn in turns}) >= 2, turns
+    assert all(0 <= turn["start"] < turn["end"] <= 30.5 for turn in turns), turns
 
 
 def test_translates_with_a_model_from_the_models_volume(with_certs: Container) -> None:

@@ -35,6 +35,12 @@ class InvalidAudio(BadRequest):
     """The bytes are not decodable audio, or hold no audio stream (400)."""
 
 
+class ClientGone(ServiceError):
+    """The client disconnected before the answer; logged as 499 (nginx's code), never sent."""
+
+    status = 499
+
+
 class Unauthorized(ServiceError):
     """Missing or wrong API key (401, with ``WWW-Authenticate: Bearer``)."""
 

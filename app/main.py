@@ -1,4 +1,4 @@
-"""The Litestar application: routes, authentication, errors as JSON, one log line per request.
+"""The HTTP application: routes, authentication, errors as JSON, one log line per request.
 
 Granian imports `create_app` (``--factory app.main:create_app``) in each HTTP worker. The
 settings are read once per process; the models live in worker processes reached through
@@ -22,7 +22,7 @@ from app import settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.routes import health, transcription, translation
+from app.routes import audio, health, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -34,6 +34,8 @@ ROUTES = [
     transcription.transcriptions,
     transcription.transcriptions_from_url,
     translation.translate,
+    audio.pad,
+    audio.mixdown,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 
@@ -42,7 +44,13 @@ def _json_error(status: int, detail: str, headers: dict[str, str] | None = None,
     return Response({"detail": detail, **extra}, status_code=status, headers=headers, media_type="application/json")
 
 
+def _note_error(request: Request, detail: str) -> None:
+    """Keep the error's detail for the access log line (details never hold secrets or text)."""
+    request.scope.setdefault("state", {})["error"] = detail[:300]
+
+
 def handle_service_error(request: Request, exc: ServiceError) -> Response:
+    _note_error(request, exc.detail)
     headers = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -53,57 +61,110 @@ def handle_service_error(request: Request, exc: ServiceError) -> Response:
 
 def handle_validation_error(request: Request, exc: ValidationException) -> Response:
     problems = exc.extra if isinstance(exc.extra, list) else []
-    messages = [f"{p.get('key', 'body')}: {p.get('message')}" for p in problems if isinstance(p, dict)]
-    detail = "invalid request: " + ("; ".join(messages) if messages else str(exc.detail))
+    messages = []
+    for problem in problems:
+        if not isinstance(problem, dict):
+            continue
+        key, message = problem.get("key", "body"), str(problem.get("message"))
+        if message == repr(key):  # Litestar's way of saying the body was empty
+            message = "a JSON object is required"
+        messages.append(f"{'body' if key == 'data' else key}: {message}")
+    detail = "invalid request: " + ("; ".join(messages) if messages else f"cannot parse the body ({exc.detail})")
+    _note_error(request, detail)
     return _json_error(400, detail, errors=problems)
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:
-    detail = exc.detail
-    if exc.status_code == 413:
-        detail = "request body too large (REFLECTOR_GPU_MAX_UPLOAD_BYTES)"
-    return _json_error(exc.status_code, detail, exc.headers)
+    detail, status = exc.detail, exc.status_code
+    if status == 413:
+        detail = "request body too large (REFLECTOR_GPU_MAX_UPLOAD_BYTES, 1 MiB for JSON bodies)"
+    elif detail == "Request Entity Too Large":  # Litestar's multipart part limit, sent as 400
+        status, detail = 413, "too many multipart fields"
+    _note_error(request, detail)
+    return _json_error(status, detail, exc.headers)
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RecursionError):
+        return _json_error(400, "invalid request: the JSON body is nested too deeply")
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    _note_error(request, f"internal error ({type(exc).__name__})")
     return _json_error(500, f"internal error ({type(exc).__name__}); see the service log")
 
 
-def access_log_middleware(app: ASGIApp) -> ASGIApp:
-    """One structured line per request: method, path (never the query), status, ms, audio s."""
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+
+def outer_asgi(app: ASGIApp) -> ASGIApp:
+    """What wraps the whole Litestar app, routing errors (404, 405) included:
+
+    - one structured access line per request: method, path (never the query), status,
+      milliseconds, audio seconds, and an error's detail;
+    - an error answered before the request body was read (401, 413 on Content-Length)
+      first reads and drops up to `DRAIN_LIMIT_BYTES` of it, so a client still uploading
+      sees the answer instead of a reset connection (HTTP/2 stream error, broken pipe);
+    - HEAD responses lose their body (HTTP/2 forbids one).
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        state = scope.setdefault("state", {})
         started = time.perf_counter()
         status = 500
+        is_head = scope["method"] == "HEAD"
+        body_done = False
 
-        async def capture(message: Message) -> None:
+        async def tracked_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def drain() -> None:
+            nonlocal body_done
+            received = 0
+            while not body_done and received <= DRAIN_LIMIT_BYTES:
+                message = await tracked_receive()
+                received += len(message.get("body", b""))
+
+        async def tracked_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if status >= 400 and not body_done:
+                    await drain()
+            elif is_head and message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
             await send(message)
 
         try:
-            await app(scope, receive, capture)
+            await app(scope, tracked_receive, tracked_send)
         finally:
-            audio = scope.get("state", {}).get("audio_seconds")
+            audio = state.get("audio_seconds")
+            error = state.get("error")
             access_log.info(
-                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s",
+                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s%s",
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
                 "-" if audio is None else f"{audio:.2f}",
+                "" if error is None else f" error={error!r}",
             )
 
-    return middleware
+    return wrapped
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the application for `settings` (read from the environment when None)."""
+def create_app(settings: Settings | None = None) -> ASGIApp:
+    """The ASGI application Granian serves: `build_app` wrapped in `outer_asgi`."""
+    return outer_asgi(build_app(settings))
+
+
+def build_app(settings: Settings | None = None) -> Litestar:
+    """The Litestar application for `settings` (read from the environment when None)."""
     settings = settings or settings_module.load()
     setup_logging(settings.log_level)
 
@@ -114,7 +175,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=ROUTES,
         guards=[require_api_key],
         dependencies={"settings": Provide(provide_settings, use_cache=True, sync_to_thread=False)},
-        middleware=[access_log_middleware],
         exception_handlers={
             ServiceError: handle_service_error,
             ValidationException: handle_validation_error,

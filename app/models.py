@@ -260,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("family", choices=["whisper", "translation"])
     fetch.add_argument("name", nargs="?", help=f"hub id or local directory (translation default: {DEFAULT_TRANSLATION_MODEL})")
     args = parser.parse_args(argv)
-    settings = settings_module.load()
+    try:
+        settings = settings_module.load()
+    except settings_module.SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         if args.command == "prepare":
             prepare(settings)

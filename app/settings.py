@@ -101,7 +101,10 @@ def _split(value: str) -> list[str]:
 
 def _int(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
         if number < minimum:
             raise ValueError(f"must be >= {minimum}")
         return number
@@ -110,7 +113,10 @@ def _int(minimum: int) -> Callable[[str], int]:
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
     if not number > 0:
         raise ValueError("must be > 0")
     return number

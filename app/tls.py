@@ -256,6 +256,10 @@ def self_signed(settings: Settings) -> TlsFiles:
             log.info("re-issuing the self-signed certificate: %s", exc)
         else:
             if leaf.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS):
+                log.info(
+                    "reusing the self-signed certificate for %s; SHA-256 fingerprint %s; clients should trust %s",
+                    ", ".join(names), fingerprint(leaf), files.ca,
+                )
                 return files
             log.info("re-issuing the self-signed certificate: it expires %s", leaf.not_valid_after_utc)
     files = issue_server_cert(directory, ca_cert, ca_key, [parse_name(n) for n in names])

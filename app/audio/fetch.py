@@ -46,10 +46,19 @@ def client(settings: Settings, timeout: float | None = None) -> httpx.AsyncClien
     )
 
 
+MAX_URL_CHARS = 16384
+
+
 def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
         raise BadRequest("the audio URL must be an absolute http:// or https:// URL")
+    if len(url) > MAX_URL_CHARS:
+        raise BadRequest(f"the audio URL is longer than {MAX_URL_CHARS} characters")
 
 
 async def download(settings: Settings, url: str, suffix: str = "") -> Path:
@@ -99,12 +108,18 @@ def _translate(exc: BaseException, host: str | None) -> BaseException:
         return UpstreamError(f"the audio URL on {host} redirected more than {MAX_REDIRECTS} times")
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"the audio URL on {host} did not answer in time")
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return UpstreamError(f"the audio URL on {host} redirected to a URL that is not http(s)")
+    if isinstance(exc, httpx.InvalidURL):
+        return BadRequest(f"the audio URL is not valid: {exc}")
     if isinstance(exc, httpx.ConnectError):
         reason = str(exc) or type(exc).__name__
-        if "CERTIFICATE_VERIFY_FAILED" in reason or "SSL" in reason:
+        if "CERTIFICATE_VERIFY_FAILED" in reason:
             return UpstreamError(
                 f"TLS verification failed for {host}: trust its CA with REFLECTOR_GPU_EXTRA_CA"
             )
+        if "SSL" in reason:
+            return UpstreamError(f"TLS handshake with {host} failed (is it an https server?)")
         return UpstreamError(f"cannot connect to {host}: {reason}")
     if isinstance(exc, httpx.HTTPError):
         return UpstreamError(f"downloading from {host} failed: {type(exc).__name__}")

@@ -9,7 +9,9 @@ when the request ends, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePath
@@ -19,13 +21,17 @@ from litestar import Request, post
 from litestar.datastructures import UploadFile
 
 from app.audio.fetch import downloaded
-from app.errors import BadRequest, PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge, ServiceError
+from app.routes import JSON_BODY_LIMIT_BYTES
+from app.routes.disconnect import while_connected
 from app.settings import Settings
 from app.workers import client
 from app.workers.whisper import Transcript, TranscribeRequest, Word
 
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
+MAX_TIMESTAMP_OFFSET = 10_000_000.0  # seconds (~115 days): bounds the shifted times
+LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
 
 class FileTranscription(msgspec.Struct):
@@ -73,6 +79,20 @@ def _flag(value: str | None, name: str) -> bool:
 def _text_field(form, name: str, default: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) and value.strip() else default
+
+
+def check_language(language: str) -> str:
+    """`language` if it looks like a language code (``en``, ``yue``, ``zh-TW``), else `BadRequest`."""
+    if not LANGUAGE_CODE.match(language):
+        raise BadRequest(f"language must be a language code such as 'en' (got {language[:20]!r})")
+    return language
+
+
+def check_offset(offset: float) -> float:
+    """`offset` if it is a finite number of seconds in [0, 1e7], else `BadRequest`."""
+    if not math.isfinite(offset) or not 0 <= offset <= MAX_TIMESTAMP_OFFSET:
+        raise BadRequest(f"timestamp_offset must be between 0 and {MAX_TIMESTAMP_OFFSET:g} seconds")
+    return offset
 
 
 @contextlib.contextmanager
@@ -128,13 +148,18 @@ async def transcriptions(request: Request, settings: Settings) -> FileTranscript
     uploads += many
     if not uploads:
         raise BadRequest("no audio: send the file as multipart field 'file' (or one or more 'files')")
-    language = _text_field(form, "language", "en")
+    language = check_language(_text_field(form, "language", "en"))
     results = []
     audio_seconds = 0.0
     try:
         for upload in uploads:
-            with _spooled_to_disk(upload, settings) as path:
-                transcript = await _transcribe(settings, path, language)
+            try:
+                with _spooled_to_disk(upload, settings) as path:
+                    transcript = await while_connected(request, _transcribe(settings, path, language))
+            except ServiceError as exc:
+                if len(uploads) > 1 and not exc.detail.startswith(str(upload.filename)):
+                    exc.detail = f"{upload.filename}: {exc.detail}"
+                raise
             audio_seconds += transcript.duration
             results.append(FileTranscription(text=transcript.text, words=transcript.words, filename=upload.filename))
     finally:
@@ -146,7 +171,12 @@ async def transcriptions(request: Request, settings: Settings) -> FileTranscript
     return BatchTranscription(results=results)
 
 
-@post("/v1/audio/transcriptions-from-url", name="transcriptions-from-url", status_code=200)
+@post(
+    "/v1/audio/transcriptions-from-url",
+    name="transcriptions-from-url",
+    status_code=200,
+    request_max_body_size=JSON_BODY_LIMIT_BYTES,
+)
 async def transcriptions_from_url(
     request: Request, data: UrlTranscriptionRequest, settings: Settings
 ) -> UrlTranscription:
@@ -157,7 +187,13 @@ async def transcriptions_from_url(
     """
     if not data.audio_file_url.strip():
         raise BadRequest("audio_file_url is empty")
-    async with downloaded(settings, data.audio_file_url.strip()) as path:
-        transcript = await _transcribe(settings, path, data.language or "en", data.timestamp_offset)
+    language = check_language(data.language or "en")
+    offset = check_offset(data.timestamp_offset)
+
+    async def work() -> Transcript:
+        async with downloaded(settings, data.audio_file_url.strip()) as path:
+            return await _transcribe(settings, path, language, offset)
+
+    transcript = await while_connected(request, work())
     request.state.audio_seconds = transcript.duration
     return UrlTranscription(text=transcript.text, words=transcript.words)

@@ -23,6 +23,7 @@ from litestar.params import Parameter
 
 from app.errors import BadRequest, PayloadTooLarge
 from app.languages import load_table
+from app.routes import JSON_BODY_LIMIT_BYTES
 from app.settings import Settings
 from app.workers import client
 from app.workers.translator import TranslateRequest, Translation
@@ -51,7 +52,7 @@ def _code(value: str | None, default: str) -> str:
     return value or default
 
 
-@post("/translate", name="translate", status_code=200)
+@post("/translate", name="translate", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
 async def translate(
     settings: Settings,
     data: TranslationParameters | None = None,

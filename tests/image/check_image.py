@@ -137,7 +137,7 @@ def container(tag: str, ca_file: Path, *args: str) -> Iterator[Container]:
     try:
         yield box
     finally:
-        podman("rm", "--force", "--time", "0", name, check=False)
+        podman("rm", "--force", "--volumes", "--time", "0", name, check=False)
 
 
 # -- certificates from `make cert`, mounted at /certs ---------------------------------------

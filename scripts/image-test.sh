@@ -24,6 +24,7 @@ PY=.venv/bin/python
 CACHE=build/image
 read -r -a podman <<<"$PODMAN"
 started=$(date +%s)
+trap 'echo "image-test: failed at line $LINENO" >&2' ERR
 step() { printf '\n== %s (%ds)\n' "$*" $(($(date +%s) - started)); }
 
 step "tools"
@@ -55,9 +56,10 @@ done
 
 step "base image $BASE_IMAGE"
 if ! "${podman[@]}" image exists "$BASE_IMAGE"; then
-  mirror=${DEBIAN_MIRROR:-$(grep -hs -E '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    /etc/apt/sources.list.d/*.sources | grep -v security \
-    | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^https?:\/\//) {print $i; exit}}' | head -n1)}
+  # The first Debian (not security) URI in apt's sources, in either format.
+  sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  mirror=${DEBIAN_MIRROR:-$(printf '%s\n' "$sources" | grep -E '^(URIs:|deb )' | grep -v security \
+    | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^https?:\/\//) {print $i; exit}}' || true)}
   mirror=${mirror:-http://deb.debian.org/debian}
   root=$(mktemp -d /var/tmp/reflector-gpu-base.XXXXXX)
   trap 'rm -rf "$root"' EXIT

@@ -36,6 +36,7 @@ cert: $(STAMP)
 
 bench: models
 	$(PY) bench/transcription.py
+	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
 
 # podman/buildah keep HEALTHCHECK only in the docker format; docker always builds that one.

@@ -22,7 +22,7 @@ from app import settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.routes import audio, health, transcription, translation
+from app.routes import audio, diarization, health, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -33,6 +33,7 @@ ROUTES = [
     health.ready,
     transcription.transcriptions,
     transcription.transcriptions_from_url,
+    diarization.diarize,
     translation.translate,
     audio.pad,
     audio.mixdown,

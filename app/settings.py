@@ -70,6 +70,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     whisper_beam_size: int = 5
     whisper_batch_size: int = 8
     diarization_model: str = "embedded"
+    diarization_device: Device | None = None
+    diarization_step: float | None = None
+    diarization_segmentation_batch_size: int = 32
+    diarization_embedding_batch_size: int = 32
     translation_model: str | None = None
 
     @property
@@ -119,6 +123,13 @@ def _positive_float(value: str) -> float:
         raise ValueError("must be a number") from None
     if not number > 0:
         raise ValueError("must be > 0")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError("must be > 0 and <= 1")
     return number
 
 
@@ -198,6 +209,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_WHISPER_BEAM_SIZE", "whisper_beam_size", _int(1))
     take("REFLECTOR_GPU_WHISPER_BATCH_SIZE", "whisper_batch_size", _int(1))
     take("REFLECTOR_GPU_DIARIZATION_MODEL", "diarization_model")
+    take("REFLECTOR_GPU_DIARIZATION_DEVICE", "diarization_device", _choice("auto", "cpu", "cuda"))
+    take("REFLECTOR_GPU_DIARIZATION_STEP", "diarization_step", _fraction)
+    take("REFLECTOR_GPU_DIARIZATION_SEGMENTATION_BATCH_SIZE", "diarization_segmentation_batch_size", _int(1))
+    take("REFLECTOR_GPU_DIARIZATION_EMBEDDING_BATCH_SIZE", "diarization_embedding_batch_size", _int(1))
     take("REFLECTOR_GPU_TRANSLATION_MODEL", "translation_model")
 
     if "tls_dir" not in values and IMAGE_CERTS_DIR.joinpath("server.pem").is_file():

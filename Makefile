@@ -8,8 +8,13 @@ DOMAIN ?=
 SANS ?=
 CERTS_DIR ?= certs
 PYTEST_ARGS ?=
+# `make image`: podman if present, else docker. VARIANT=gpu (default) or cpu.
+CONTAINER_TOOL ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+VARIANT ?= gpu
+IMAGE ?= reflector-gpu:$(if $(filter cpu,$(VARIANT)),cpu,latest)
+IMAGE_BUILD_ARGS ?=
 
-.PHONY: install models run test cert bench
+.PHONY: install models run test cert bench image image-test
 
 $(STAMP): pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -33,3 +38,12 @@ bench: models
 	$(PY) bench/transcription.py
 	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
+
+# podman/buildah keep HEALTHCHECK only in the docker format; docker always builds that one.
+image:
+	$(CONTAINER_TOOL) build $(if $(filter podman,$(notdir $(CONTAINER_TOOL))),--format docker) \
+		--build-arg VARIANT=$(VARIANT) $(IMAGE_BUILD_ARGS) --tag $(IMAGE) --file Containerfile .
+
+# Builds the CPU image from a locally made base and checks it with podman (scripts/image-test.sh).
+image-test: $(STAMP)
+	bash scripts/image-test.sh

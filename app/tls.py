@@ -317,12 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  sudo cp {out / 'ca.crt'} /usr/local/share/ca-certificates/reflector-gpu-ca.crt && sudo update-ca-certificates")
     print("or point Reflector's Python at it: SSL_CERT_FILE / REQUESTS_CA_BUNDLE=<that file>.")
     print()
-    print("Run the service with it (mount only the server files, never ca.key):")
+    print("Run the service with it: copy only the server files into a directory the container")
+    print("user (gid 10001) can read, never ca.key, and mount the directory (renewals then show):")
+    print("  mkdir -p /srv/reflector-gpu/certs")
+    print(f"  install -m 0644 {files.cert} {out / 'ca.crt'} /srv/reflector-gpu/certs/")
+    print(f"  install -m 0640 -g 10001 {files.key} /srv/reflector-gpu/certs/")
     print(
-        f"  podman run -d -p 443:8443 -e REFLECTOR_GPU_APIKEY=... -e REFLECTOR_GPU_DOMAIN={args.domain} \\\n"
-        f"    -v {files.cert}:/certs/server.pem:ro,U -v {files.key}:/certs/server-key.pem:ro,U \\\n"
-        f"    -v {out / 'ca.crt'}:/certs/ca.crt:ro,U reflector-gpu"
+        f"  podman run -d -p 443:8443 -e REFLECTOR_GPU_APIKEY=<key> -e REFLECTOR_GPU_DOMAIN={args.domain} \\\n"
+        "    -v /srv/reflector-gpu/certs:/certs:ro -v reflector-gpu-state:/state reflector-gpu"
     )
+    print(f"Or without a container: REFLECTOR_GPU_TLS_DIR={out} make run")
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +137,29 @@ class Service:
             if ppid == self.process.pid and pattern in cmdline:
                 found.append(int(entry.name))
         return found
+
+    def kill_worker_mid_request(self, kind: str, send: Callable[[], httpx.Response], timeout: float = 30.0) -> httpx.Response:
+        """Run `send` in a thread, SIGKILL the `kind` worker as soon as it holds the job, and
+        return what `send` got back."""
+        import asyncio
+
+        from app import settings as settings_module
+        from app.workers.client import ping
+
+        settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(self.state_dir)})
+        [pid] = self.child_pids(f"app.workers.server {kind}")
+        result: dict[str, httpx.Response] = {}
+        sender = threading.Thread(target=lambda: result.update(response=send()))
+        sender.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pong = asyncio.run(ping(settings, kind))
+            if pong is not None and pong.busy:
+                break
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        sender.join(60)
+        return result["response"]
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

@@ -263,14 +263,6 @@ def test_object_store_behind_the_hosts_ca(
 
 def test_audio_worker_killed_during_a_job(service: Service, seaweed, stored, tmp_path) -> None:
     """503 for the request the worker held, nothing left on disk, and the next request works."""
-    import asyncio
-    import os
-    import signal
-    import threading
-
-    from app import settings as settings_module
-    from app.workers.client import ping
-
     long_track = write_tone(tmp_path / "long.wav", 300.0, 440, 16000, channels=1)
     seaweed.put("in/long.wav", long_track)
     body = {
@@ -279,21 +271,8 @@ def test_audio_worker_killed_during_a_job(service: Service, seaweed, stored, tmp
         "start_time_seconds": 1.0,
         "track_index": 0,
     }
-    settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
-    [pid] = service.child_pids("app.workers.server audio")
-    result: dict = {}
     client = service.client()
-    sender = threading.Thread(target=lambda: result.update(response=client.post("/pad", json=body)))
-    sender.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        pong = asyncio.run(ping(settings, "audio"))
-        if pong is not None and pong.busy:
-            break
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    sender.join(60)
-    response = result["response"]
+    response = service.kill_worker_mid_request("audio", lambda: client.post("/pad", json=body))
     assert response.status_code == 503, response.text
     assert "audio worker" in response.json()["detail"]
     assert_no_leftovers(service)

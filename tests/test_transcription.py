@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -211,32 +209,11 @@ def test_worker_killed_between_requests_is_restarted(cert_dir: Path, silence_wav
 
 
 def test_worker_killed_during_a_request_gives_503(cert_dir: Path, sample_wav: Path) -> None:
-    import asyncio
-    import os
-
-    from app import settings as settings_module
-    from app.workers.client import ping
-
     with running_service(cert_dir) as service:
-        settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
-        pid = _whisper_pid(service)
-        result: dict = {}
         client = service.client()
-
-        def send() -> None:
-            result["response"] = client.post("/v1/audio/transcriptions", files={"file": ("s.wav", sample_wav.read_bytes())})
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            pong = asyncio.run(ping(settings, "whisper"))
-            if pong is not None and pong.busy:
-                break
-            time.sleep(0.01)
-        os.kill(pid, signal.SIGKILL)
-        sender.join(60)
-        response = result["response"]
+        response = service.kill_worker_mid_request(
+            "whisper", lambda: client.post("/v1/audio/transcriptions", files={"file": ("s.wav", sample_wav.read_bytes())})
+        )
         assert response.status_code == 503
         assert "worker" in response.json()["detail"]
         service.wait_ready()

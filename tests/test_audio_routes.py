@@ -129,6 +129,10 @@ MIX_OK = {
         ({"start_time_seconds": 18000.001}, "<= 18000"),
         ({"start_time_seconds": "soon"}, "start_time_seconds"),
         ({"output_url": "s3://bucket/key"}, "output_url must be an absolute http:// or https:// URL"),
+        ({"output_url": "http://127.0.0.1:99999/up"}, "output_url must be an absolute"),
+        ({"output_url": "http://[::1/up"}, "output_url must be an absolute"),
+        ({"output_url": "http://127.0.0.1:8/up/a b\u0000"}, "output_url must be an absolute"),
+        ({"track_url": "http://127.0.0.1:99999/in.wav"}, "must be an absolute"),
     ],
 )
 def test_pad_bad_requests(client: httpx.Client, change: dict, message: str) -> None:

@@ -80,3 +80,22 @@ def test_sigterm_stops_everything_within_ten_seconds(cert_dir: Path) -> None:
     finally:
         service.stop()
         shutil.rmtree(service.state_dir, ignore_errors=True)
+
+
+def test_children_stop_when_the_supervisor_is_killed(cert_dir: Path) -> None:
+    service = start_service(cert_dir)
+    try:
+        children = service.child_pids("")
+        assert len(children) >= 2
+        service.process.kill()  # SIGKILL: the supervisor cannot forward anything
+        service.process.wait()
+        deadline = time.monotonic() + 15
+        alive = children
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+                     and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+        assert not alive, f"children outlived the supervisor: {alive}"
+    finally:
+        service.stop()
+        shutil.rmtree(service.state_dir, ignore_errors=True)

@@ -114,6 +114,22 @@ def test_bad_uploads_get_json_errors(
     assert phrase in response.json()["detail"]
 
 
+def test_form_fields_that_are_not_utf8_are_400(client: httpx.Client, silence_wav: Path) -> None:
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\n".encode()
+        + b"\x80\x81\r\n"
+        + f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n".encode()
+        + silence_wav.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = client.post(
+        "/v1/audio/transcriptions", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert response.status_code == 400, response.text
+    assert "UTF-8" in response.json()["detail"]
+
+
 def test_no_file_is_400(client: httpx.Client) -> None:
     response = client.post("/v1/audio/transcriptions", data={"model": "whisper-1"})
     assert response.status_code == 400
@@ -278,6 +294,7 @@ def test_wrong_key_with_a_body_gets_its_401_over_http2(service: Service, sample_
     ("body", "phrase"),
     [
         ({"audio_file_url": "http://[::1"}, "absolute"),
+        ({"audio_file_url": "http://127.0.0.1:99999/a.wav"}, "absolute"),
         ({"audio_file_url": "http://host/" + "a" * 20000}, "longer than"),
         ({"audio_file_url": "http://127.0.0.1/a.wav", "timestamp_offset": -5}, "timestamp_offset"),
         ({"audio_file_url": "http://127.0.0.1/a.wav", "language": "x" * 5000}, "language code"),

@@ -49,16 +49,20 @@ def client(settings: Settings, timeout: float | None = None) -> httpx.AsyncClien
 MAX_URL_CHARS = 16384
 
 
-def _check_url(url: str) -> None:
+def check_http_url(url: str, name: str = "the audio URL") -> str:
+    """Raise `BadRequest` unless `url` is an absolute http(s) URL with a valid host and port,
+    at most `MAX_URL_CHARS` long; returns its ``host[:port]`` for messages."""
+    if len(url) > MAX_URL_CHARS:
+        raise BadRequest(f"{name} is longer than {MAX_URL_CHARS} characters")
     try:
         parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        port = parts.port  # raises ValueError for a port that is not a number in 0-65535
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
     except ValueError:
         valid = False
-    if not valid:
-        raise BadRequest("the audio URL must be an absolute http:// or https:// URL")
-    if len(url) > MAX_URL_CHARS:
-        raise BadRequest(f"the audio URL is longer than {MAX_URL_CHARS} characters")
+    if not valid or any(ord(c) < 33 for c in url):
+        raise BadRequest(f"{name} must be an absolute http:// or https:// URL")
+    return parts.hostname if port is None else f"{parts.hostname}:{port}"
 
 
 async def download(settings: Settings, url: str, suffix: str = "") -> Path:
@@ -68,7 +72,7 @@ async def download(settings: Settings, url: str, suffix: str = "") -> Path:
     the errors listed in the module docstring, and `BadRequest` for a URL that is not
     http(s).
     """
-    _check_url(url)
+    check_http_url(url)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     limit = settings.max_download_bytes
     where = urlsplit(url).hostname

@@ -15,13 +15,12 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
-from app.audio.fetch import client
-from app.errors import BadRequest, UpstreamError, UpstreamTimeout
+from app.audio.fetch import check_http_url, client
+from app.errors import UpstreamError, UpstreamTimeout
 from app.settings import Settings
 
 ATTEMPTS = 3  # one try and two retries
@@ -54,10 +53,7 @@ def _store_says(response: httpx.Response) -> str:
 
 def check_output_url(url: str) -> str:
     """Raise `BadRequest` unless `url` is absolute http(s); returns its ``host[:port]``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest("output_url must be an absolute http:// or https:// URL")
-    return parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    return check_http_url(url, "output_url")
 
 
 async def upload(settings: Settings, url: str, path: Path, content_type: str) -> int:

@@ -24,6 +24,7 @@ from app.audio.formats import check_mp3_rate
 from app.audio.upload import check_output_url, upload
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
 from app.routes import JSON_BODY_LIMIT_BYTES
+from app.routes.disconnect import while_connected
 from app.settings import Settings
 from app.workers import client
 from app.workers.audio import Encoded, MixdownRequest, PadRequest
@@ -116,18 +117,21 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
             f"start_time_seconds must be > 0 and <= {MAX_OFFSET_SECONDS:g} (5 hours); got {data.start_time_seconds:g}"
         )
     check_output_url(output_url)
-    async with _scratch() as paths:
-        source = await _fetch(settings, track_url, "track_url", paths)
-        output = _output_path(settings, paths, ".webm")
-        encoded = await client.call(
-            settings,
-            "audio",
-            PadRequest(source=str(source), output=str(output), start_time_seconds=data.start_time_seconds),
-            Encoded,
-        )
-        request.state.audio_seconds = encoded.duration_ms / 1000
-        size = await upload(settings, output_url, output, "audio/webm")
-    return PadResult(size=size)
+
+    async def work() -> int:
+        async with _scratch() as paths:
+            source = await _fetch(settings, track_url, "track_url", paths)
+            output = _output_path(settings, paths, ".webm")
+            encoded = await client.call(
+                settings,
+                "audio",
+                PadRequest(source=str(source), output=str(output), start_time_seconds=data.start_time_seconds),
+                Encoded,
+            )
+            request.state.audio_seconds = encoded.duration_ms / 1000
+            return await upload(settings, output_url, output, "audio/webm")
+
+    return PadResult(size=await while_connected(request, work()))
 
 
 @post("/mixdown", name="mixdown", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
@@ -164,21 +168,25 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
             f"{settings.max_audio_seconds:g} s limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
         )
     labels = [f"track {index}" for index, _ in chosen]
-    async with _scratch() as paths:
-        sources = [await _fetch(settings, url, label, paths) for (_, url), label in zip(chosen, labels)]
-        output = _output_path(settings, paths, ".mp3")
-        encoded = await client.call(
-            settings,
-            "audio",
-            MixdownRequest(
-                sources=[str(path) for path in sources],
-                output=str(output),
-                offsets_seconds=None if offsets is None else used,
-                target_sample_rate=data.target_sample_rate,
-                labels=labels,
-            ),
-            Encoded,
-        )
-        request.state.audio_seconds = encoded.duration_ms / 1000
-        size = await upload(settings, output_url, output, "audio/mpeg")
-    return MixdownResult(size=size, duration_ms=encoded.duration_ms)
+
+    async def work() -> tuple[int, float]:
+        async with _scratch() as paths:
+            sources = [await _fetch(settings, url, label, paths) for (_, url), label in zip(chosen, labels)]
+            output = _output_path(settings, paths, ".mp3")
+            encoded = await client.call(
+                settings,
+                "audio",
+                MixdownRequest(
+                    sources=[str(path) for path in sources],
+                    output=str(output),
+                    offsets_seconds=None if offsets is None else used,
+                    target_sample_rate=data.target_sample_rate,
+                    labels=labels,
+                ),
+                Encoded,
+            )
+            request.state.audio_seconds = encoded.duration_ms / 1000
+            return await upload(settings, output_url, output, "audio/mpeg"), encoded.duration_ms
+
+    size, duration_ms = await while_connected(request, work())
+    return MixdownResult(size=size, duration_ms=duration_ms)

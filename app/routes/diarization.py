@@ -8,13 +8,13 @@ rounded to 3 decimals and shifted by `timestamp`, speakers as integers.
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 from litestar import Request, post
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest
+from app.routes import check_offset
+from app.routes.disconnect import while_connected
 from app.settings import Settings
 from app.workers import client
 from app.workers.diarizer import Diarization, DiarizeRequest, Turn
@@ -32,9 +32,12 @@ async def diarize(request: Request, settings: Settings, audio_file_url: str, tim
     url = audio_file_url.strip()
     if not url:
         raise BadRequest("audio_file_url is empty")
-    if not math.isfinite(timestamp):
-        raise BadRequest("timestamp must be a finite number of seconds")
-    async with downloaded(settings, url) as path:
-        result = await client.call(settings, "diarizer", DiarizeRequest(path=str(path), timestamp=timestamp), Diarization)
+    check_offset(timestamp, "timestamp")
+
+    async def work() -> Diarization:
+        async with downloaded(settings, url) as path:
+            return await client.call(settings, "diarizer", DiarizeRequest(path=str(path), timestamp=timestamp), Diarization)
+
+    result = await while_connected(request, work())
     request.state.audio_seconds = result.duration
     return DiarizationResult(diarization=result.diarization)

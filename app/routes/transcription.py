@@ -9,9 +9,7 @@ when the request ends, whatever happens.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePath
@@ -22,7 +20,7 @@ from litestar.datastructures import UploadFile
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
-from app.routes import JSON_BODY_LIMIT_BYTES
+from app.routes import JSON_BODY_LIMIT_BYTES, check_language, check_offset
 from app.routes.disconnect import while_connected
 from app.settings import Settings
 from app.workers import client
@@ -30,8 +28,6 @@ from app.workers.whisper import Transcript, TranscribeRequest, Word
 
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
-MAX_TIMESTAMP_OFFSET = 10_000_000.0  # seconds (~115 days): bounds the shifted times
-LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
 
 
 class FileTranscription(msgspec.Struct):
@@ -81,20 +77,6 @@ def _text_field(form, name: str, default: str) -> str:
     return value.strip() if isinstance(value, str) and value.strip() else default
 
 
-def check_language(language: str) -> str:
-    """`language` if it looks like a language code (``en``, ``yue``, ``zh-TW``), else `BadRequest`."""
-    if not LANGUAGE_CODE.match(language):
-        raise BadRequest(f"language must be a language code such as 'en' (got {language[:20]!r})")
-    return language
-
-
-def check_offset(offset: float) -> float:
-    """`offset` if it is a finite number of seconds in [0, 1e7], else `BadRequest`."""
-    if not math.isfinite(offset) or not 0 <= offset <= MAX_TIMESTAMP_OFFSET:
-        raise BadRequest(f"timestamp_offset must be between 0 and {MAX_TIMESTAMP_OFFSET:g} seconds")
-    return offset
-
-
 @contextlib.contextmanager
 def _spooled_to_disk(upload: UploadFile, settings: Settings) -> Iterator[Path]:
     """Copy one upload into ``<state>/tmp`` keeping its extension; deleted on exit."""
@@ -139,7 +121,10 @@ async def transcriptions(request: Request, settings: Settings) -> FileTranscript
     One file answers one object; two or more answer ``{"results": [...]}`` in upload order.
     ``language`` defaults to ``en``; ``batch=true`` requires ``files``.
     """
-    form = await request.form()
+    try:
+        form = await request.form()
+    except UnicodeDecodeError:
+        raise BadRequest("the multipart form has a field or file name that is not UTF-8") from None
     uploads = [u for u in form.getall("file", []) if isinstance(u, UploadFile)]
     many = [u for u in form.getall("files", []) if isinstance(u, UploadFile)]
     batch = _flag(form.get("batch") if isinstance(form.get("batch"), str) else None, "batch")

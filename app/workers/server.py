@@ -86,8 +86,8 @@ class WorkerServer:
         if self.pending >= self.queue_size:
             return Failure(
                 "Unavailable",
-                f"the {self.engine.kind} worker has {self.pending} jobs queued (limit "
-                f"{self.queue_size}); retry later",
+                f"the {self.engine.kind} worker has {self.pending} jobs running or queued "
+                f"(REFLECTOR_GPU_QUEUE_SIZE={self.queue_size}); retry later",
                 retry_after=5,
             )
         writer.write(encode_frame(Accepted()))
@@ -154,6 +154,10 @@ def main(kind: str) -> None:
         sys.exit(3)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(WorkerServer(engine, settings.queue_size), str(socket_path(settings, kind))))
+    # A job may still run on the engine thread; its client already got its answer (503) when
+    # the socket closed, so leave now instead of waiting for the model to finish.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -33,8 +34,9 @@ from app.workers.registry import WORKERS, socket_path
 log = logging.getLogger("app.supervisor")
 
 MODEL_LOAD_FAILED = 3
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits `podman stop`'s 10 s
-WORKER_STOP_SECONDS = 3.0
+WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -52,8 +54,18 @@ class Child:
     restarts: int = field(default=0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
         log.info("started %s (pid %d)", self.name, self.process.pid)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the supervisor dies (even by
+    SIGKILL), so no worker or Granian outlives it holding the port or a GPU."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
+        pass
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:

@@ -63,8 +63,9 @@ LANGUAGE_TOKEN = {
 
 NOT_CONFIGURED = (
     "translation is not configured on this host: no translation model is installed. Run "
-    f"`python -m app.models fetch translation` (downloads and converts {DEFAULT_TRANSLATION_MODEL}, "
-    "MIT licence) where the model hub is reachable, or set "
+    f"`python -m app.models fetch translation` (in a checkout: `.venv/bin/python -m app.models "
+    f"fetch translation`; downloads and converts {DEFAULT_TRANSLATION_MODEL}, MIT licence) where "
+    "the model hub is reachable, or set "
     f"{TRANSLATION_SETTING} to a CTranslate2 translation model directory, then restart."
 )
 

@@ -142,7 +142,7 @@ def main(kind: str) -> None:
     """
     settings = settings_module.load()
     setup_logging(settings.log_level)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the entrypoint decides
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping is the entrypoint's decision (SIGTERM)
     worker = spec(kind)
     try:
         engine = load_engine_class(worker.engine)(settings)

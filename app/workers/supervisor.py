@@ -54,8 +54,18 @@ class Child:
     restarts: int = field(default=0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
+        # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops
+        # everything in order, and a stop can signal Granian together with its forked workers.
+        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, start_new_session=True)
         log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the child's whole process group (Granian forks its workers)."""
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def _die_with_parent() -> None:
@@ -231,13 +241,13 @@ class Supervisor:
         for group, grace in ((children[:1], STOP_TIMEOUT_SECONDS), (children[1:], WORKER_STOP_SECONDS)):
             for child in group:
                 if child.process.poll() is None:
-                    child.process.terminate()
+                    child.signal_group(signal.SIGTERM)
             deadline = time.monotonic() + grace
             for child in group:
                 try:
                     child.process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     log.warning("%s did not stop in time; killing it", child.name)
-                    child.process.kill()
-                    child.process.wait()
+                child.signal_group(signal.SIGKILL)  # whatever is left in its group
+                child.process.wait()
         shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)

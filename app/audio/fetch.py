@@ -37,11 +37,12 @@ def redact(url: str) -> str:
 
 def client(settings: Settings, timeout: float | None = None) -> httpx.AsyncClient:
     """An httpx client with this service's outbound trust, redirects and time-outs."""
+    seconds = timeout or settings.download_timeout
     return httpx.AsyncClient(
         verify=ssl_context(settings),
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
-        timeout=httpx.Timeout(timeout or settings.download_timeout, connect=min(10.0, timeout or settings.download_timeout)),
+        timeout=httpx.Timeout(seconds, connect=min(10.0, seconds)),
         trust_env=False,
     )
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from app.models import ModelNotFound
+from app.models import ModelNotFound, looks_like_path
 
 log = logging.getLogger("app.diarization")
 
@@ -75,7 +75,7 @@ def resolve_source(name: str, embedded_dir: Path) -> Source:
     if name == EMBEDDED:
         return Source("embedded", str(embedded_dir))
     path = Path(name).expanduser()
-    if name.startswith(("/", ".", "~")) or path.exists():
+    if looks_like_path(name):
         if not path.is_dir():
             raise ModelNotFound(f"{SETTING}={name}: no such directory (mount the pipeline bundle there)")
         if not (path / CONFIG_NAME).is_file():

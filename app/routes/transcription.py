@@ -127,7 +127,8 @@ async def transcriptions(request: Request, settings: Settings) -> FileTranscript
         raise BadRequest("the multipart form has a field or file name that is not UTF-8") from None
     uploads = [u for u in form.getall("file", []) if isinstance(u, UploadFile)]
     many = [u for u in form.getall("files", []) if isinstance(u, UploadFile)]
-    batch = _flag(form.get("batch") if isinstance(form.get("batch"), str) else None, "batch")
+    batch_field = form.get("batch")
+    batch = _flag(batch_field if isinstance(batch_field, str) else None, "batch")
     if batch and not many:
         raise BadRequest("batch=true needs the audio in 'files'")
     uploads += many

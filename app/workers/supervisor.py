@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app import tls
@@ -51,7 +51,7 @@ class Child:
     ready_once: bool = False
     backoff: float = 1.0
     restart_at: float = 0.0
-    restarts: int = field(default=0)
+    restarts: int = 0
 
     def start(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops

@@ -31,6 +31,11 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
 
     `model`: what the engine loaded (a name or path); `device`: ``cpu`` or ``cuda``;
     `busy`: jobs running or queued; `info`: engine-specific facts (e.g. languages).
+    `replica`: this worker's index among the replicas of its kind (0-based);
+    `queued_seconds`: seconds of audio accepted and not yet processed; `rtf`: measured
+    real-time factor of recent work (processing seconds per audio second; None before the
+    first job); `jobs_done`: jobs finished since start (any outcome); `load_seconds`: how
+    long loading the model took.
     """
 
     kind: str
@@ -38,6 +43,11 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     device: str
     busy: int = 0
     info: dict[str, Any] = {}
+    replica: int = 0
+    queued_seconds: float = 0.0
+    rtf: float | None = None
+    jobs_done: int = 0
+    load_seconds: float | None = None
 
 
 class Accepted(msgspec.Struct, tag="accepted", frozen=True):

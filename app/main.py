@@ -156,13 +156,15 @@ def outer_asgi(app: ASGIApp) -> ASGIApp:
         finally:
             audio = state.get("audio_seconds")
             error = state.get("error")
+            result = state.get("result")  # "stored" or "attached" (app.routes.recording)
             access_log.info(
-                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s%s",
+                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s%s%s",
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
                 "-" if audio is None else f"{audio:.2f}",
+                "" if result is None else f" result={result}",
                 "" if error is None else f" error={error!r}",
             )
 

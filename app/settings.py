@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     Derived paths: `run_dir` (worker Unix sockets), `tmp_dir` (uploads and downloads in
     flight, deleted when their request ends), `cert_dir` (the generated self-signed pair).
+    `orphan_seconds`: how long a recording's job goes on after its client left;
+    `result_ttl_seconds` / `result_store_bytes`: the result store's bounds (`app.results`).
     """
 
     apikey: str | None = None
@@ -75,6 +77,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     diarization_segmentation_batch_size: int = 32
     diarization_embedding_batch_size: int = 32
     translation_model: str | None = None
+
+    orphan_seconds: float = 1800.0
+    result_ttl_seconds: float = 3600.0
+    result_store_bytes: int = 2 * GiB
 
     @property
     def run_dir(self) -> Path:
@@ -123,6 +129,16 @@ def _positive_float(value: str) -> float:
         raise ValueError("must be a number") from None
     if not number > 0:
         raise ValueError("must be > 0")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be >= 0")
     return number
 
 
@@ -214,6 +230,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_DIARIZATION_SEGMENTATION_BATCH_SIZE", "diarization_segmentation_batch_size", _int(1))
     take("REFLECTOR_GPU_DIARIZATION_EMBEDDING_BATCH_SIZE", "diarization_embedding_batch_size", _int(1))
     take("REFLECTOR_GPU_TRANSLATION_MODEL", "translation_model")
+    take("REFLECTOR_GPU_ORPHAN_SECONDS", "orphan_seconds", _non_negative_float)
+    take("REFLECTOR_GPU_RESULT_TTL_SECONDS", "result_ttl_seconds", _non_negative_float)
+    take("REFLECTOR_GPU_RESULT_STORE_BYTES", "result_store_bytes", _int(0))
 
     if "tls_dir" not in values and IMAGE_CERTS_DIR.joinpath("server.pem").is_file():
         values["tls_dir"] = IMAGE_CERTS_DIR

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -66,9 +67,11 @@ def check_http_url(url: str, name: str = "the audio URL") -> str:
     return parts.hostname if port is None else f"{parts.hostname}:{port}"
 
 
-async def download(settings: Settings, url: str, suffix: str = "") -> Path:
+async def download(settings: Settings, url: str, suffix: str = "", digest: Any = None) -> Path:
     """Download `url` into a new file under `settings.tmp_dir` and return its path.
 
+    `digest` (a `hashlib` object, e.g. ``hashlib.sha256()``) is fed every byte written, so
+    the result store can key on the content without reading the file again.
     The caller owns the file and deletes it; on any error nothing is left behind. Raises
     the errors listed in the module docstring, and `BadRequest` for a URL that is not
     http(s).
@@ -97,6 +100,8 @@ async def download(settings: Settings, url: str, suffix: str = "") -> Path:
                     if received > limit:
                         raise PayloadTooLarge(_too_large(where, limit))
                     out.write(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
         return path
     except BaseException as exc:
         path.unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 Each request downloads its inputs into ``<state>/tmp`` (`app.audio.fetch`), has the audio
 worker encode the output next to them (`app.workers.audio`), PUTs the output to
-``output_url`` (`app.audio.upload`), and deletes every file it made, whatever happens.
+``output_url`` (`app.audio.upload`), and deletes every file it made, whatever happens. The
+encoding outlives a client's time-out and the encoded file is kept, so a retry only PUTs it
+to its own ``output_url`` (`app.routes.recording`).
 Validation follows the API contract's 400 cases; an unreadable input is 400 with FFmpeg's
 reason, a download failure keeps fetch's status (404, 502, 504, 413), an upload failure is
 502 naming the PUT step.
@@ -10,21 +12,19 @@ reason, a download failure keeps fetch's status (404, 502, 504, 413), an upload 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 from litestar import Request, post
 
-from app.audio.fetch import download
 from app.audio.formats import check_mp3_rate
 from app.audio.upload import check_output_url, upload
-from app.errors import BadRequest, PayloadTooLarge, ServiceError
+from app.errors import BadRequest, PayloadTooLarge
 from app.routes import JSON_BODY_LIMIT_BYTES
 from app.routes.disconnect import while_connected
+from app.routes.recording import Recording, served
 from app.settings import Settings
 from app.workers import client
 from app.workers.audio import Encoded, MixdownRequest, PadRequest
@@ -72,33 +72,21 @@ class MixdownResult(msgspec.Struct):
     cancelled: bool = False
 
 
-@contextlib.asynccontextmanager
-async def _scratch() -> AsyncIterator[list[Path]]:
-    """A list the request adds its files to; all of them are deleted on exit."""
-    paths: list[Path] = []
-    try:
-        yield paths
-    finally:
-        for path in paths:
-            path.unlink(missing_ok=True)
-
-
-def _output_path(settings: Settings, paths: list[Path], suffix: str) -> Path:
+def _output_path(settings: Settings, suffix: str) -> Path:
+    """A new empty file in ``<state>/tmp`` for the worker's output."""
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="output-", suffix=suffix, dir=settings.tmp_dir)
     os.close(fd)
-    paths.append(Path(name))
-    return paths[-1]
+    return Path(name)
 
 
-async def _fetch(settings: Settings, url: str, label: str, paths: list[Path]) -> Path:
-    """Download one input; errors keep their status and say which input failed."""
+async def _encode(settings: Settings, message: PadRequest | MixdownRequest, output: Path) -> Encoded:
+    """Have the audio worker write `output`; the file is deleted if that fails."""
     try:
-        path = await download(settings, url)
-    except ServiceError as exc:
-        raise type(exc)(f"{label}: {exc.detail}", retry_after=exc.retry_after) from None
-    paths.append(path)
-    return path
+        return await client.call(settings, "audio", message, Encoded)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
 
 
 @post("/pad", name="pad", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
@@ -118,20 +106,23 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
         )
     check_output_url(output_url)
 
-    async def work() -> int:
-        async with _scratch() as paths:
-            source = await _fetch(settings, track_url, "track_url", paths)
-            output = _output_path(settings, paths, ".webm")
-            encoded = await client.call(
-                settings,
-                "audio",
-                PadRequest(source=str(source), output=str(output), start_time_seconds=data.start_time_seconds),
-                Encoded,
-            )
-            request.state.audio_seconds = encoded.duration_ms / 1000
-            return await upload(settings, output_url, output, "audio/webm")
+    async def compute(paths: list[Path]) -> tuple[Encoded, Path]:
+        output = _output_path(settings, ".webm")
+        message = PadRequest(source=str(paths[0]), output=str(output), start_time_seconds=data.start_time_seconds)
+        return await _encode(settings, message, output), output
 
-    return PadResult(size=await while_connected(request, work()))
+    job = Recording(
+        route="pad",
+        kind="audio",
+        params={"start_time_seconds": data.start_time_seconds},
+        inputs=[(track_url, "track_url")],
+        compute=compute,
+        result_type=Encoded,
+        audio_seconds=lambda encoded: encoded.duration_ms / 1000,
+    )
+    async with served(request, settings, job) as (encoded, output):
+        request.state.audio_seconds = encoded.duration_ms / 1000
+        return PadResult(size=await while_connected(request, upload(settings, output_url, output, "audio/webm")))
 
 
 @post("/mixdown", name="mixdown", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
@@ -169,24 +160,27 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
         )
     labels = [f"track {index}" for index, _ in chosen]
 
-    async def work() -> tuple[int, float]:
-        async with _scratch() as paths:
-            sources = [await _fetch(settings, url, label, paths) for (_, url), label in zip(chosen, labels)]
-            output = _output_path(settings, paths, ".mp3")
-            encoded = await client.call(
-                settings,
-                "audio",
-                MixdownRequest(
-                    sources=[str(path) for path in sources],
-                    output=str(output),
-                    offsets_seconds=None if offsets is None else used,
-                    target_sample_rate=data.target_sample_rate,
-                    labels=labels,
-                ),
-                Encoded,
-            )
-            request.state.audio_seconds = encoded.duration_ms / 1000
-            return await upload(settings, output_url, output, "audio/mpeg"), encoded.duration_ms
+    async def compute(paths: list[Path]) -> tuple[Encoded, Path]:
+        output = _output_path(settings, ".mp3")
+        message = MixdownRequest(
+            sources=[str(path) for path in paths],
+            output=str(output),
+            offsets_seconds=None if offsets is None else used,
+            target_sample_rate=data.target_sample_rate,
+            labels=labels,
+        )
+        return await _encode(settings, message, output), output
 
-    size, duration_ms = await while_connected(request, work())
-    return MixdownResult(size=size, duration_ms=duration_ms)
+    job = Recording(
+        route="mixdown",
+        kind="audio",
+        params={"offsets_seconds": None if offsets is None else used, "target_sample_rate": data.target_sample_rate},
+        inputs=[(url, label) for (_, url), label in zip(chosen, labels)],
+        compute=compute,
+        result_type=Encoded,
+        audio_seconds=lambda encoded: encoded.duration_ms / 1000,
+    )
+    async with served(request, settings, job) as (encoded, output):
+        request.state.audio_seconds = encoded.duration_ms / 1000
+        size = await while_connected(request, upload(settings, output_url, output, "audio/mpeg"))
+        return MixdownResult(size=size, duration_ms=encoded.duration_ms)

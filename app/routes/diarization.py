@@ -1,20 +1,22 @@
 """``POST /diarize?audio_file_url=URL&timestamp=0.0``: who spoke when.
 
 Parameters come in the query string, as Reflector sends them. The audio is downloaded
-into ``<state>/tmp`` (deleted when the request ends) and the diarizer worker gets its
+into ``<state>/tmp`` (deleted when the job ends) and the diarizer worker gets its
 path. Answer: ``{"diarization": [{"start", "end", "speaker"}, ...]}``, times in seconds
-rounded to 3 decimals and shifted by `timestamp`, speakers as integers.
+rounded to 3 decimals and shifted by `timestamp`, speakers as integers. The job outlives a
+client's time-out and its result is kept for the retry (`app.routes.recording`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 from litestar import Request, post
 
-from app.audio.fetch import downloaded
 from app.errors import BadRequest
 from app.routes import check_offset
-from app.routes.disconnect import while_connected
+from app.routes.recording import Recording, served
 from app.settings import Settings
 from app.workers import client
 from app.workers.diarizer import Diarization, DiarizeRequest, Turn
@@ -34,10 +36,19 @@ async def diarize(request: Request, settings: Settings, audio_file_url: str, tim
         raise BadRequest("audio_file_url is empty")
     check_offset(timestamp, "timestamp")
 
-    async def work() -> Diarization:
-        async with downloaded(settings, url) as path:
-            return await client.call(settings, "diarizer", DiarizeRequest(path=str(path), timestamp=timestamp), Diarization)
+    async def compute(paths: list[Path]) -> tuple[Diarization, None]:
+        message = DiarizeRequest(path=str(paths[0]), timestamp=timestamp)
+        return await client.call(settings, "diarizer", message, Diarization), None
 
-    result = await while_connected(request, work())
-    request.state.audio_seconds = result.duration
-    return DiarizationResult(diarization=result.diarization)
+    job = Recording(
+        route="diarize",
+        kind="diarizer",
+        params={"timestamp": timestamp},  # and every other parameter of DiarizeRequest
+        inputs=[(url, None)],
+        compute=compute,
+        result_type=Diarization,
+        audio_seconds=lambda result: result.duration,
+    )
+    async with served(request, settings, job) as (result, _):
+        request.state.audio_seconds = result.duration
+        return DiarizationResult(diarization=result.diarization)

@@ -18,10 +18,10 @@ import msgspec
 from litestar import Request, post
 from litestar.datastructures import UploadFile
 
-from app.audio.fetch import downloaded
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
 from app.routes import JSON_BODY_LIMIT_BYTES, check_language, check_offset
 from app.routes.disconnect import while_connected
+from app.routes.recording import Recording, served
 from app.settings import Settings
 from app.workers import client
 from app.workers.whisper import Transcript, TranscribeRequest, Word
@@ -169,17 +169,26 @@ async def transcriptions_from_url(
     """Download ``audio_file_url`` and transcribe the whole recording.
 
     Speech regions found by VAD are merged into pieces of at most 30 s; every word's time is
-    mapped back to the original timeline plus ``timestamp_offset`` seconds.
+    mapped back to the original timeline plus ``timestamp_offset`` seconds. The job outlives
+    a client's time-out and its result is kept for the retry (`app.routes.recording`).
     """
     if not data.audio_file_url.strip():
         raise BadRequest("audio_file_url is empty")
     language = check_language(data.language or "en")
     offset = check_offset(data.timestamp_offset)
 
-    async def work() -> Transcript:
-        async with downloaded(settings, data.audio_file_url.strip()) as path:
-            return await _transcribe(settings, path, language, offset)
+    async def compute(paths: list[Path]) -> tuple[Transcript, None]:
+        return await _transcribe(settings, paths[0], language, offset), None
 
-    transcript = await while_connected(request, work())
-    request.state.audio_seconds = transcript.duration
-    return UrlTranscription(text=transcript.text, words=transcript.words)
+    job = Recording(
+        route="transcriptions-from-url",
+        kind="whisper",
+        params={"language": language, "timestamp_offset": offset},
+        inputs=[(data.audio_file_url.strip(), None)],
+        compute=compute,
+        result_type=Transcript,
+        audio_seconds=lambda transcript: transcript.duration,
+    )
+    async with served(request, settings, job) as (transcript, _):
+        request.state.audio_seconds = transcript.duration
+        return UrlTranscription(text=transcript.text, words=transcript.words)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import tls
+from app import results, tls
 from app.settings import Settings
 from app.workers.registry import WORKERS, socket_path
 
@@ -102,9 +102,11 @@ class Supervisor:
         self.granian: Child | None = None
         self._cert_stamp: tuple | None = None
         self._next_cert_poll = 0.0
+        self._next_sweep = 0.0
 
     # -- start-up ---------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
+        results.clear(self.settings)  # what an unclean stop left
         for directory in (self.settings.run_dir, self.settings.tmp_dir):
             shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
             directory.mkdir(parents=True, exist_ok=True)
@@ -183,6 +185,9 @@ class Supervisor:
             status = self._watch_worker(worker, now)
             if status is not None:
                 return status
+        if now >= self._next_sweep and (store := results.ResultStore.open(self.settings)) is not None:
+            self._next_sweep = now + results.SWEEP_SECONDS
+            store.sweep()  # expired results are deleted, not only skipped
         if self.source is not None and now >= self._next_cert_poll:
             self._next_cert_poll = now + CERT_POLL_SECONDS
             self._check_certificate()
@@ -251,3 +256,4 @@ class Supervisor:
                 child.signal_group(signal.SIGKILL)  # whatever is left in its group
                 child.process.wait()
         shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)
+        results.clear(self.settings)  # kept transcripts go with a clean stop

@@ -206,7 +206,7 @@ class ResultStore:
             now = time.time()
             self._sweep(now)
             items = sorted(self._sizes().items(), key=lambda item: item[1][0])
-            total = sum(size for _, size in items)
+            total = sum(size for _, (_, size) in items)
             for old, (_, size) in items:
                 if total + need <= self.max_bytes:
                     break

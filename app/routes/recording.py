@@ -34,7 +34,7 @@ from app import results
 from app.audio.fetch import download
 from app.errors import ServiceError, Unavailable
 from app.results import Entry, KeyLock, ResultStore
-from app.routes.disconnect import keep_going, while_connected
+from app.routes.disconnect import ClientWatch
 from app.settings import Settings
 from app.workers import client
 
@@ -106,27 +106,28 @@ async def served(request: Request, settings: Settings, job: Recording[_T]) -> As
 
 
 async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Outcome[_T]:
+    watch = ClientWatch(request)
     store = ResultStore.open(settings)
-    if store is None:
-        return await while_connected(request, _download_and_compute(settings, job))
     locks: list[KeyLock] = []
     paths: list[Path] = []
     try:
+        if store is None:
+            return await watch.while_connected(_download_and_compute(settings, job))
         aliases: tuple[str, ...] = ()
         idempotency = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
         if idempotency:
             alias = results.key("idempotency", job.route, idempotency, job.params)
-            how, got = await while_connected(request, store.claim(alias))
+            how, got = await watch.while_connected(store.claim(alias))
             if isinstance(got, Entry):
                 return _found(request, settings, store, alias, how, got, job)
             locks.append(got)
             aliases = (alias,)
-        paths = await while_connected(request, _download_all(settings, job))
+        paths = await watch.while_connected(_download_all(settings, job))
         identity = await _identity(settings, job.kind)
         if identity is None:  # the worker is (re)starting: compute without the store
-            return await while_connected(request, _compute(job, paths))
+            return await watch.while_connected(_compute(job, paths))
         name = results.key(job.route, job.digests, job.params, identity)
-        how, got = await while_connected(request, store.claim(name))
+        how, got = await watch.while_connected(store.claim(name))
         if isinstance(got, Entry):
             for alias in aliases:
                 store.alias(alias, name)
@@ -134,8 +135,9 @@ async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Ou
         locks.append(got)
         task = asyncio.ensure_future(_compute_and_keep(store, job, name, aliases, paths, locks))
         paths, locks = [], []  # the task owns them now
-        return await keep_going(request, task, settings.orphan_seconds, _drop_output)
+        return await watch.keep_going(task, settings.orphan_seconds, _drop_output)
     finally:
+        watch.close()
         for lock in locks:
             lock.release()
         for path in paths:

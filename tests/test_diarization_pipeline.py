@@ -82,6 +82,7 @@ def bundle(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_campplus_checkpoint_tells_speakers_apart(bundle: Path, sample_wav: Path) -> None:
     """CAM++ loads strictly from its pyannote checkpoint; two stretches of one speaker of the
     sample are closer than stretches of the two speakers."""
@@ -104,6 +105,7 @@ def test_campplus_checkpoint_tells_speakers_apart(bundle: Path, sample_wav: Path
     assert float(first_a @ first_b) > float(first_a @ second) + 0.2
 
 
+@pytest.mark.slow
 def test_mounted_bundle_with_relative_paths(
     bundle: Path, sample_wav: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,14 +23,8 @@ import sys
 from pathlib import Path
 
 from app import settings as settings_module
-from app.errors import ServiceError
+from app.errors import ModelNotFound, ServiceError
 from app.settings import Settings
-
-
-class ModelNotFound(ServiceError):
-    """Configured weights are missing; the detail names the setting and how to fix it."""
-
-    status = 503
 
 
 WHISPER_SETTING = "REFLECTOR_GPU_WHISPER_MODEL"

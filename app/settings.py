@@ -9,6 +9,7 @@ seconds. The README's "Settings" table documents each variable.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ TlsMode = Literal["auto", "files", "self-signed", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 
 GiB = 1024**3
+MAX_PORT = 65535  # TCP ports are 16-bit
 IMAGE_CERTS_DIR = Path("/certs")  # the image's mount point, used when it holds server.pem
 _T = TypeVar("_T")
 
@@ -103,7 +105,7 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(value)
@@ -111,23 +113,33 @@ def _int(minimum: int) -> Callable[[str], int]:
             raise ValueError("must be a whole number") from None
         if number < minimum:
             raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be <= {maximum}")
         return number
 
     return parse
 
 
-def _positive_float(value: str) -> float:
+def _finite_float(value: str) -> float:
+    """A float that is a real number (``inf`` and ``nan`` parse as floats but are no limit)."""
     try:
         number = float(value)
     except ValueError:
         raise ValueError("must be a number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = _finite_float(value)
     if not number > 0:
         raise ValueError("must be > 0")
     return number
 
 
 def _fraction(value: str) -> float:
-    number = float(value)
+    number = _finite_float(value)
     if not 0 < number <= 1:
         raise ValueError("must be > 0 and <= 1")
     return number
@@ -183,7 +195,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_APIKEY", "apikey")
     take("HF_TOKEN", "hf_token")
     take("REFLECTOR_GPU_HOST", "host")
-    take("REFLECTOR_GPU_PORT", "port", _int(1))
+    take("REFLECTOR_GPU_PORT", "port", _int(1, MAX_PORT))
     take("REFLECTOR_GPU_DOMAIN", "domains", lambda v: tuple(_split(v)))
     take("REFLECTOR_GPU_TLS", "tls", _choice("auto", "files", "self-signed", "off"))
     take("REFLECTOR_GPU_TLS_CERT", "tls_cert", _existing_file)

@@ -66,7 +66,8 @@ def test_key_is_required_except_on_open_routes(stub_settings, workers) -> None:
 def test_head_health_answers_200_without_a_body(app_client) -> None:
     response = app_client.head("/health")
     assert response.status_code == 200 and response.content == b""
-    assert app_client.get("/health").json() == {"status": "ok"}
+    get = app_client.get("/health")
+    assert get.json() == {"status": "ok"} and response.headers["content-length"] == str(len(get.content))
 
 
 # -- a request through a stub worker --------------------------------------------------------

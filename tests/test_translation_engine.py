@@ -21,7 +21,7 @@ from tests.translation_models import (  # noqa: F401 - fixtures
 from app import models
 from app.errors import BadRequest
 from app.languages import FAMILIES, language_token, load_table, parse_table
-from app.models import ModelNotFound
+from app.errors import ModelNotFound
 from app.settings import Settings
 from app.workers.translator import (
     TranslateRequest,

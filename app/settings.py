@@ -38,7 +38,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Typed, validated configuration of one service instance.
 
     Derived paths: `run_dir` (worker Unix sockets), `tmp_dir` (uploads and downloads in
-    flight, deleted when their request ends), `cert_dir` (the generated self-signed pair).
+    flight, deleted when their request ends), `process_tmp_dir` (the children's ``TMPDIR``), `cert_dir` (the generated self-signed pair).
     """
 
     apikey: str | None = None
@@ -85,6 +85,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
+
+    @property
+    def process_tmp_dir(self) -> Path:
+        """Every child process's ``TMPDIR`` (onnxruntime's files, spooled uploads): under `tmp_dir`."""
+        return self.tmp_dir / "processes"
 
     @property
     def cert_dir(self) -> Path:

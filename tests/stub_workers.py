@@ -8,7 +8,8 @@ test client on `app.main.create_app(settings)` (all middlewares included).
 
 Use from a test module::
 
-    from tests.stub_workers import StubEngine, StubWorkers, app_client, stub_settings, workers  # noqa: F401
+    pytest_plugins = ["tests.stub_workers"]        # the fixtures below
+    from tests.stub_workers import StubEngine, make_settings, open_client
 
 Fixtures: `stub_settings` (a short state dir under /tmp, an API key, a 1-s worker start
 timeout), `workers` (a `StubWorkers` on those settings), `app_client` (a `TestClient`

@@ -18,18 +18,9 @@ from app.middleware import RequestBody
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, encode_frame
 from app.workers.translator import TranslateRequest, Translation
 from app.workers.whisper import TranscribeRequest, Transcript, Word
-from tests.stub_workers import (  # noqa: F401 - fixtures
-    API_KEY,
-    StubEngine,
-    StubWorkers,
-    app_client,
-    leftovers,
-    make_settings,
-    open_client,
-    state_dir,
-    stub_settings,
-    workers,
-)
+from tests.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
+
+pytest_plugins = ["tests.stub_workers"]
 
 
 def echo_transcript(request: TranscribeRequest, cancel: threading.Event) -> Transcript:

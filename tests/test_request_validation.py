@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from app.schemas import MAX_TIMESTAMP_OFFSET_SECONDS, MAX_TRACK_START_SECONDS
-from tests.stub_workers import app_client, state_dir, stub_settings, workers  # noqa: F401 - fixtures
+
+pytest_plugins = ["tests.stub_workers"]
 
 CLOSED = "http://127.0.0.1:9"
 PAD_OK = {

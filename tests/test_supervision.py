@@ -15,7 +15,9 @@ import pytest
 from app.workers import supervisor as supervisor_module
 from app.workers.supervisor import MAX_BACKOFF_SECONDS, MODEL_LOAD_FAILED, Child, Supervisor
 from tests.conftest import ROOT
-from tests.stub_workers import make_settings, state_dir  # noqa: F401 - fixtures
+from tests.stub_workers import make_settings
+
+pytest_plugins = ["tests.stub_workers"]
 
 
 def exited(code: int) -> subprocess.Popen:

@@ -14,7 +14,9 @@ from app.errors import Unavailable, WorkerReplyInvalid
 from app.workers import client
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, Failure, FrameTooLarge, Pong, encode_frame, read_frame
 from app.workers.whisper import TranscribeRequest, Transcript
-from tests.stub_workers import StubEngine, make_settings, state_dir, stub_settings, workers  # noqa: F401 - fixtures
+from tests.stub_workers import StubEngine
+
+pytest_plugins = ["tests.stub_workers"]
 
 
 def feed(data: bytes) -> asyncio.StreamReader:

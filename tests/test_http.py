@@ -265,3 +265,31 @@ def test_upload_disconnect_is_logged_as_499(asgi_app, caplog) -> None:
 def test_the_openapi_document_is_json(app_client) -> None:
     schema = msgspec.json.decode(app_client.get("/docs/openapi.json").content)
     assert "/v1/audio/transcriptions-from-url" in schema["paths"]
+
+
+# -- routes that download their audio first --------------------------------------------------
+def test_from_url_downloads_then_transcribes_with_the_offset(app_client, workers, stub_settings, audio_server) -> None:
+    engine = whisper_stub()
+    workers.serve(engine)
+    body = {"audio_file_url": f"{audio_server.url}/sample.wav?X-Amz-Signature=secret", "timestamp_offset": 12.5}
+    answer = app_client.post("/v1/audio/transcriptions-from-url", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"text": " en", "words": [{"word": " en", "start": 12.5, "end": 13.0}]}
+    [request] = engine.requests
+    assert request.timestamp_offset == 12.5 and request.path.startswith(str(stub_settings.tmp_dir))
+    assert leftovers(stub_settings) == []  # the download was deleted
+
+
+def test_diarize_answers_public_turns(app_client, workers, stub_settings, audio_server) -> None:
+    from app.workers.diarizer import Diarization, DiarizeRequest, Turn as WireTurn
+
+    def diarize(request: DiarizeRequest, cancel) -> Diarization:
+        return Diarization(diarization=[WireTurn(request.timestamp, request.timestamp + 1.0, 0)], duration=30.0)
+
+    workers.serve(StubEngine("diarizer", (DiarizeRequest,), diarize))
+    answer = app_client.post("/diarize", params={"audio_file_url": f"{audio_server.url}/sample.wav", "timestamp": "2.5"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"diarization": [{"start": 2.5, "end": 3.5, "speaker": 0}]}
+    missing = app_client.post("/diarize", params={"audio_file_url": f"{audio_server.url}/gone.wav"})
+    assert missing.status_code == 404 and "answered 404" in missing.json()["detail"]
+    assert leftovers(stub_settings) == []

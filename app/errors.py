@@ -98,8 +98,8 @@ class ModelNotFound(ServiceError):
     status = 503
 
 
-# What a worker's ``Failure.kind`` may name, written out so that the HTTP side never depends
-# on which modules happen to be imported. A test checks that every `ServiceError` subclass
+# What a worker's ``Failure.kind`` may name (the worker sends the class name), written out so
+# that the HTTP side never depends on which modules happen to be imported. A test checks that every `ServiceError` subclass
 # in the code base is defined here and listed here.
 FAILURE_KINDS: dict[str, type[ServiceError]] = {
     cls.__name__: cls
@@ -119,11 +119,6 @@ FAILURE_KINDS: dict[str, type[ServiceError]] = {
         ModelNotFound,
     )
 }
-
-
-def failure_kind(exc: ServiceError) -> str:
-    """The ``Failure.kind`` that carries `exc` across the worker socket (its class name)."""
-    return type(exc).__name__
 
 
 def from_failure(kind: str, detail: str, retry_after: int | None = None) -> ServiceError:

@@ -36,7 +36,6 @@ def test_a_failure_is_rebuilt_as_its_class_with_its_status() -> None:
         rebuilt = errors.from_failure(name, "why", 7)
         assert type(rebuilt) is cls and rebuilt.status == cls.status
         assert (rebuilt.detail, rebuilt.retry_after) == ("why", 7)
-        assert errors.failure_kind(rebuilt) == name
     assert errors.from_failure("ModelNotFound", "x").status == 503
 
 

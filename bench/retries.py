@@ -23,6 +23,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app import tls  # noqa: E402
 from tests.conftest import AudioServer, _AudioHandler, pyannote_sample_dir, running_service  # noqa: E402
 from tests.test_retries import WorkerWatch  # noqa: E402
 
@@ -55,7 +56,10 @@ def main(routes: list[str]) -> None:
             )
         return client.post("/diarize", params={"audio_file_url": f"{url}?{query}", "timestamp": offset})
 
-    with running_service(None) as service:
+    certs = directory / "certs"
+    certs.mkdir()
+    tls.make_cert(certs, "localhost", "IP:127.0.0.1")
+    with running_service(certs) as service:
         patient = service.client(timeout=3600)
         for route in routes:
             with WorkerWatch(service, kinds[route]) as watch:

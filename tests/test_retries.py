@@ -5,8 +5,8 @@ URL. Here the first client times out before the job ends; the job goes on; the r
 audio, another query string) attaches to it or is answered from the store, and the model
 runs once. Model runs are counted by watching the worker from outside: each job holds the
 worker busy (`Pong.busy` >= 1) from start to end, so the count of busy periods and the most
-jobs seen at once say how often the model ran (and `Pong.jobs_done` too, where the worker
-fills it in). Two Granian workers serve, so retries land on either.
+jobs seen at once say how often the model ran, and `Pong.jobs_done` must agree. Two Granian
+workers serve, so retries land on either.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ FIRST_TIMEOUT = httpx.Timeout(60.0, read=2.0)  # the impatient first client
 
 class WorkerWatch:
     """Counts a worker's jobs while active: busy periods (`runs`), most jobs at once
-    (`most`), and the change of `Pong.jobs_done`."""
+    (`most`), checked against the change of `Pong.jobs_done`."""
 
     def __init__(self, service: Service, kind: str) -> None:
         from app import settings as settings_module
@@ -43,7 +43,7 @@ class WorkerWatch:
         self.kind = kind
         self.runs = 0
         self.most = 0
-        self.jobs_done: list[int] = []
+        self.jobs_done_before = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -61,18 +61,22 @@ class WorkerWatch:
                         self.runs += 1
                     busy_before = pong.busy
                     self.most = max(self.most, pong.busy)
-                    self.jobs_done.append(pong.jobs_done)
                 await asyncio.sleep(0.02)
 
         asyncio.run(loop())
 
-    def busy_now(self) -> int:
+    def _pong(self):
         from app.workers.client import ping
 
         pong = asyncio.run(ping(self.settings, self.kind))
-        return 0 if pong is None else pong.busy
+        assert pong is not None, f"the {self.kind} worker does not answer"
+        return pong
+
+    def busy_now(self) -> int:
+        return self._pong().busy
 
     def __enter__(self) -> WorkerWatch:
+        self.jobs_done_before = self._pong().jobs_done
         self._thread.start()
         time.sleep(0.2)
         return self
@@ -82,10 +86,10 @@ class WorkerWatch:
         self._thread.join(10)
 
     def model_runs(self) -> int:
-        """Jobs the worker ran; asserts that `jobs_done` agrees where the worker counts."""
-        done = self.jobs_done[-1] - self.jobs_done[0] if self.jobs_done else 0
-        if done:
-            assert done == self.runs, (done, self.runs)
+        """Jobs the worker ran since the watch began; `Pong.jobs_done` must say the same."""
+        pong = self._pong()
+        assert not pong.busy, "model_runs() is for a quiet worker"
+        assert pong.jobs_done - self.jobs_done_before == self.runs, (pong.jobs_done, self.jobs_done_before, self.runs)
         return self.runs
 
 

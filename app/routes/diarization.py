@@ -15,11 +15,11 @@ import msgspec
 from litestar import Request, post
 
 from app.errors import BadRequest
-from app.routes import check_offset
 from app.routes.recording import Recording, served
+from app.schemas import TimestampOffsetQuery, Turn, public_turns
 from app.settings import Settings
 from app.workers import client
-from app.workers.diarizer import Diarization, DiarizeRequest, Turn
+from app.workers.diarizer import Diarization, DiarizeRequest
 
 
 class DiarizationResult(msgspec.Struct):
@@ -29,12 +29,11 @@ class DiarizationResult(msgspec.Struct):
 
 
 @post("/diarize", name="diarize", status_code=200)
-async def diarize(request: Request, settings: Settings, audio_file_url: str, timestamp: float = 0.0) -> DiarizationResult:
+async def diarize(request: Request, settings: Settings, audio_file_url: str, timestamp: TimestampOffsetQuery = 0.0) -> DiarizationResult:
     """Download ``audio_file_url`` and diarize it; every time is shifted by ``timestamp`` seconds."""
     url = audio_file_url.strip()
     if not url:
         raise BadRequest("audio_file_url is empty")
-    check_offset(timestamp, "timestamp")
 
     async def compute(paths: list[Path]) -> tuple[Diarization, None]:
         message = DiarizeRequest(path=str(paths[0]), timestamp=timestamp)
@@ -51,4 +50,4 @@ async def diarize(request: Request, settings: Settings, audio_file_url: str, tim
     )
     async with served(request, settings, job) as (result, _):
         request.state.audio_seconds = result.duration
-        return DiarizationResult(diarization=result.diarization)
+        return DiarizationResult(diarization=public_turns(result.diarization))

@@ -37,6 +37,7 @@ from app.results import Entry, KeyLock, ResultStore
 from app.routes.disconnect import ClientWatch
 from app.settings import Settings
 from app.workers import client
+from app.workers.registry import spec
 
 log = logging.getLogger("app.http")
 
@@ -160,8 +161,11 @@ def _found(
 async def _identity(settings: Settings, kind: str) -> dict[str, Any] | None:
     """What identifies the `kind` worker's loaded model and its settings; None when it does
     not answer a ping (then nothing is stored)."""
-    pong = await client.ping(settings, kind)
-    if pong is None:
+    for replica in range(spec(kind).replicas(settings)):  # replicas load the same model
+        pong = await client.ping(settings, kind, replica)
+        if pong is not None:
+            break
+    else:
         return None
     return {"kind": kind, "model": pong.model, "device": pong.device, "info": pong.info, "settings": MODEL_SETTINGS[kind](settings)}
 

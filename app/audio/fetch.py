@@ -9,10 +9,8 @@ redirect loops -> `UpstreamError`; time-outs -> `UpstreamTimeout`; too big -> `P
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -126,13 +124,3 @@ def _translate(exc: BaseException, host: str | None) -> BaseException:
     if isinstance(exc, httpx.HTTPError):
         return UpstreamError(f"downloading from {host} failed: {type(exc).__name__}")
     return exc
-
-
-@contextlib.asynccontextmanager
-async def downloaded(settings: Settings, url: str) -> AsyncIterator[Path]:
-    """`download()` as a context manager that deletes the file on exit."""
-    path = await download(settings, url)
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)

@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue_audio_seconds: float | None = None
     download_timeout: float = 60.0
     worker_start_timeout: float = 30.0
+    worker_hang_seconds: float = 300.0
 
     models_dir: Path = Path("models")
     device: Device = "auto"
@@ -248,6 +249,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_QUEUE_AUDIO_SECONDS", "queue_audio_seconds", _positive_float)
     take("REFLECTOR_GPU_DOWNLOAD_TIMEOUT", "download_timeout", _positive_float)
     take("REFLECTOR_GPU_WORKER_START_TIMEOUT", "worker_start_timeout", _positive_float)
+    take("REFLECTOR_GPU_WORKER_HANG_SECONDS", "worker_hang_seconds", _positive_float)
     take("REFLECTOR_GPU_MODELS_DIR", "models_dir", Path)
     take("REFLECTOR_GPU_DEVICE", "device", _choice("auto", "cpu", "cuda"))
     take("REFLECTOR_GPU_COMPUTE_TYPE", "compute_type", lambda v: v.lower())

@@ -117,6 +117,7 @@ class Scheduler:
         self._stopped = False
         self.batches_run = 0
         self.jobs_done = 0
+        self.last_progress = time.monotonic()  # when a batch last ended (the watchdog's pulse)
         self._lanes = lanes
         self._idle_lanes = 0  # general lanes waiting for work
         self._live_running = 0  # pieces of live jobs in running batches
@@ -271,6 +272,7 @@ class Scheduler:
         failed: dict[int, Job] = {}
         with self._lock:
             self.batches_run += 1
+            self.last_progress = time.monotonic()
             self._queued_seconds -= sum(piece.seconds for piece in batch)  # `_drop` left running ones
             if live and error is None and audio > 0:
                 rtf = elapsed / audio

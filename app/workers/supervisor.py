@@ -10,6 +10,8 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
   service, since its settings need fixing; one that fails to reload after a crash is
   retried with the same back-off; ``<run>/<kind>-<i>.failed`` tells ``/ready`` a replica
   is down;
+- a worker that stops answering pings, or holds work without progress, for
+  ``REFLECTOR_GPU_WORKER_HANG_SECONDS`` is killed and restarted (`app.workers.watchdog`);
 - Granian exiting ends the service with its exit status;
 - as PID 1 (in a container) it also reaps every orphaned process re-parented to it;
 - every child gets ``TMPDIR=<state>/tmp/processes``, so nothing lands in the system temp dir;
@@ -36,6 +38,7 @@ from pathlib import Path
 from app import tls
 from app.settings import Settings
 from app.workers.registry import WORKERS, failed_marker, socket_path
+from app.workers.watchdog import Watchdog
 
 log = logging.getLogger("app.supervisor")
 
@@ -136,6 +139,7 @@ class Supervisor:
             for i in range(w.replicas(settings))
         ]
         self.granian: Child | None = None
+        self.watchdog = Watchdog(settings.worker_hang_seconds)
         self.is_init = os.getpid() == 1  # a container's PID 1 inherits every orphan: reap them
         self._cert_stamp: tuple | None = None
         self._next_cert_poll = 0.0
@@ -247,7 +251,14 @@ class Supervisor:
                 worker.ready_once = True
                 worker.backoff = 1.0
                 marker.unlink(missing_ok=True)
+                self.watchdog.watch(socket)
+            reason = self.watchdog.verdict(socket)
+            if reason is not None:
+                log.error("the %s worker is hung (%s); killing it", worker.name, reason)
+                self.watchdog.forget(socket)
+                worker.signal_group(signal.SIGKILL)  # its requests get 503; restarted below
             return None
+        self.watchdog.forget(socket)
         if code == MODEL_LOAD_FAILED and not worker.ready_once and worker.restarts == 0:
             # At start only: the settings need fixing. After a crash, a failed reload (a GPU
             # still held, say) is retried with back-off like any other exit.
@@ -284,6 +295,8 @@ class Supervisor:
 
     # -- stopping ---------------------------------------------------------------------
     def _stop_all(self) -> None:
+        self.watchdog.stop()
+
         def running(children: list[Child | None]) -> list[Child]:
             return [c for c in children if c is not None and c.process is not None]
 

@@ -105,7 +105,7 @@ def outer_asgi(app: ASGIApp) -> ASGIApp:
     """What wraps the whole Litestar app, routing errors (404, 405) included:
 
     - one structured access line per request: method, path (never the query), status,
-      milliseconds, audio seconds, and an error's detail;
+      milliseconds, audio seconds, the API key's name (never the key), and an error's detail;
     - an error answered before the request body was read (401, 413 on Content-Length)
       first reads and drops up to `DRAIN_LIMIT_BYTES` of it, so a client still uploading
       sees the answer instead of a reset connection (HTTP/2 stream error, broken pipe);
@@ -157,12 +157,13 @@ def outer_asgi(app: ASGIApp) -> ASGIApp:
             audio = state.get("audio_seconds")
             error = state.get("error")
             access_log.info(
-                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s%s",
+                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s key=%s%s",
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
                 "-" if audio is None else f"{audio:.2f}",
+                state.get("key_name", "-"),
                 "" if error is None else f" error={error!r}",
             )
 

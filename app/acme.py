@@ -55,6 +55,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _offers_ari(directory: messages.Directory) -> bool:
+    try:
+        directory["renewalInfo"]
+    except KeyError:
+        return False
+    return True
+
+
 def describe(exc: BaseException) -> str:
     """One line for the log: the server's problem document when there is one."""
     if isinstance(exc, messages.Error):
@@ -99,7 +107,7 @@ class CertificateManager:
         lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
         due = leaf.not_valid_after_utc - lifetime * RENEW_FRACTION
         acme = self._client
-        if acme is not None and "renewalInfo" in acme.directory:
+        if acme is not None and _offers_ari(acme.directory):
             try:
                 suggested, _ = acme.renewal_time(self.files.cert.read_bytes())
             except (errors.Error, OSError) as exc:

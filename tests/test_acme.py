@@ -77,10 +77,10 @@ def wait_https(service: Service, context: ssl.SSLContext, name: str = DOMAIN, ti
 
 
 def pebble_context(p: pebble_module.Pebble, directory: Path) -> ssl.SSLContext:
-    """Trust only pebble's root for issued certificates (``/roots/0``)."""
+    """Trust only pebble's root for issued certificates (``/roots/0``), strict X.509 checks."""
     root = directory / "pebble-root.pem"
     root.write_bytes(p.root_pem())
-    return ssl.create_default_context(cafile=str(root))
+    return strict_context(root)
 
 
 def stop(service: Service) -> None:

@@ -2,7 +2,8 @@
 `acme` library and `cryptography`; no certbot process.
 
 A thread of the entrypoint keeps a certificate for every name in ``REFLECTOR_GPU_DOMAIN``
-under ``<state>/acme/``:
+under ``<state>/acme/<directory>/`` (`store_dir`: one directory per ACME server, so switching
+from Let's Encrypt's staging to production never serves a staging certificate):
 
 - ``account-key.pem`` (ECDSA P-256, mode 600) and ``account.json`` (the account's URL at
   the directory it was made with): one account per key, reused at every start;
@@ -24,7 +25,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import threading
+import urllib.parse
 from pathlib import Path
 
 import josepy as jose
@@ -55,6 +58,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def store_dir(settings: Settings) -> Path:
+    """Where the account and certificate for `settings.acme_directory` live: e.g.
+    ``<state>/acme/acme-v02.api.letsencrypt.org-directory``."""
+    url = urllib.parse.urlsplit(settings.acme_directory)
+    return settings.acme_dir / re.sub(r"[^A-Za-z0-9.]+", "-", f"{url.netloc}{url.path}").strip("-")
+
+
 def _offers_ari(directory: messages.Directory) -> bool:
     try:
         directory["renewalInfo"]
@@ -82,7 +92,7 @@ class CertificateManager:
     def __init__(self, settings: Settings, challenge_store: Challenges) -> None:
         self.settings = settings
         self.challenges = challenge_store
-        self.directory = settings.acme_dir
+        self.directory = store_dir(settings)
         self.files = tls.TlsFiles(self.directory / "cert.pem", self.directory / "key.pem", None)
         self.account_key_path = self.directory / "account-key.pem"
         self.account_path = self.directory / "account.json"

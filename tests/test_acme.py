@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app import settings as settings_module
 from app import tls
+from app.acme import store_dir
 from app.http_redirect import Challenges, RedirectServer, redirect_location
 from tests import pebble as pebble_module
 from tests.conftest import Service, free_port, start_service, strict_context
@@ -157,6 +158,7 @@ def test_first_certificate_over_http01_then_restarts_reuse_certificate_and_accou
     state = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))
     with pebble_module.running_pebble(http_port) as p:
         env = acme_env(p, REFLECTOR_GPU_STATE_DIR=str(state))
+        store = store_dir(settings_module.load(env))
         service = start_service(None, wait=False, **env)
         try:
             context = pebble_context(p, tmp_path)
@@ -168,14 +170,14 @@ def test_first_certificate_over_http01_then_restarts_reuse_certificate_and_accou
             status, first = https_get(port_of(service), context)  # verified against pebble's root
             assert status == 200
             for private in ("key.pem", "account-key.pem"):
-                assert stat.S_IMODE((state / "acme" / private).stat().st_mode) == 0o600
+                assert stat.S_IMODE((store / private).stat().st_mode) == 0o600
             moved = plain_request(http_port, "GET", "/v1/audio/transcriptions?x=1", f"{DOMAIN}:{http_port}")
             assert moved.status == 308
             assert moved.getheader("Location") == f"https://{DOMAIN}:{port_of(service)}/v1/audio/transcriptions?x=1"
         finally:
             stop(service)
-        account = (state / "acme" / "account.json").read_text()
-        account_key = (state / "acme" / "account-key.pem").read_bytes()
+        account = (store / "account.json").read_text()
+        account_key = (store / "account-key.pem").read_bytes()
 
         service = start_service(None, wait=False, **env)  # same names: the stored certificate
         try:
@@ -196,8 +198,8 @@ def test_first_certificate_over_http01_then_restarts_reuse_certificate_and_accou
             assert https_get(port_of(service), context)[1] != first
         finally:
             stop(service)
-        assert (state / "acme" / "account.json").read_text() == account
-        assert (state / "acme" / "account-key.pem").read_bytes() == account_key
+        assert (store / "account.json").read_text() == account
+        assert (store / "account-key.pem").read_bytes() == account_key
     shutil.rmtree(state, ignore_errors=True)
 
 
@@ -210,7 +212,8 @@ def test_short_certificate_is_renewed_without_a_failed_connection_and_kept_when_
             context = pebble_context(p, tmp_path)
             wait_https(service, context)
             port = port_of(service)
-            leaf = x509.load_pem_x509_certificates((service.state_dir / "acme" / "cert.pem").read_bytes())[0]
+            cert_file = store_dir(settings_module.load({**acme_env(p), "REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})) / "cert.pem"
+            leaf = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
             first = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
             assert https_get(port, context)[1] == first
             expires = time.monotonic() + (leaf.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds()
@@ -237,7 +240,7 @@ def test_short_certificate_is_renewed_without_a_failed_connection_and_kept_when_
             assert "new certificate files rejected" not in log
 
             p.stop()  # the ACME server is gone when the next renewal is due
-            renewed = x509.load_pem_x509_certificates((service.state_dir / "acme" / "cert.pem").read_bytes())[0]
+            renewed = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
             due = (renewed.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() - 20
             deadline = time.monotonic() + due + 30
             while "ACME order failed" not in service.log() and time.monotonic() < deadline:

@@ -38,6 +38,7 @@ bench: models
 	$(PY) bench/transcription.py
 	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
+	$(PY) bench/acme_start.py
 
 # podman/buildah keep HEALTHCHECK only in the docker format; docker always builds that one.
 image:

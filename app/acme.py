@@ -116,16 +116,17 @@ class CertificateManager:
         suggestion when that is earlier (ARI failures are ignored)."""
         lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
         due = leaf.not_valid_after_utc - lifetime * RENEW_FRACTION
-        acme = self._client
-        if acme is not None and _offers_ari(acme.directory):
-            try:
+        try:
+            acme = self._client or self.connect()
+            suggested = None
+            if _offers_ari(acme.directory):
                 suggested, _ = acme.renewal_time(self.files.cert.read_bytes())
-            except (errors.Error, OSError) as exc:
-                log.debug("ACME renewal information unavailable: %s", describe(exc))
-            else:
-                if suggested is not None:
-                    suggested = suggested if suggested.tzinfo else suggested.replace(tzinfo=dt.timezone.utc)
-                    due = min(due, suggested)
+        except (errors.Error, OSError) as exc:  # messages.Error and requests' errors included
+            log.info("ACME renewal information unavailable (%s): renewing a third of the lifetime before expiry", describe(exc))
+        else:
+            if suggested is not None:
+                suggested = suggested if suggested.tzinfo else suggested.replace(tzinfo=dt.timezone.utc)
+                due = min(due, suggested)
         return due
 
     # -- talking to the ACME server ---------------------------------------------------

@@ -307,3 +307,26 @@ def _with_chain(cert_dir: Path, pair: tuple[Path, Path]) -> ssl.SSLContext:
     context = strict_context(cert_dir / "ca.crt")
     context.load_cert_chain(*pair)
     return context
+
+
+@pytest.mark.slow
+def test_no_https_until_the_first_certificate_and_a_clean_stop_while_waiting(tmp_path: Path) -> None:
+    http_port, nowhere = free_port(), free_port()  # no ACME server listens on `nowhere`
+    service = start_service(
+        None, wait=False, REFLECTOR_GPU_TLS="acme", REFLECTOR_GPU_DOMAIN=DOMAIN,
+        REFLECTOR_GPU_ACME_DIRECTORY=f"https://127.0.0.1:{nowhere}/dir", REFLECTOR_GPU_HTTP_PORT=str(http_port),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "ACME order failed" not in service.log() and time.monotonic() < deadline:
+            assert service.process.poll() is None, service.log()
+            time.sleep(0.2)
+        failed = [line for line in service.log().splitlines() if "ACME order failed" in line]
+        assert failed and "HTTPS is not served until a certificate is issued" in failed[0], service.log()
+        assert "no ACME certificate yet" in service.log() and "started granian" not in service.log()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port_of(service)), timeout=5).close()
+        assert plain_request(http_port, "GET", "/health", DOMAIN).status == 308  # the HTTP side is up
+        assert service.stop() == 0
+    finally:
+        stop(service)

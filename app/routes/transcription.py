@@ -24,7 +24,7 @@ from app.routes import JSON_BODY_LIMIT_BYTES, check_language, check_offset
 from app.routes.disconnect import while_connected
 from app.settings import Settings
 from app.workers import client
-from app.workers.whisper import Transcript, TranscribeRequest, Word
+from app.workers.whisper import Priority, Transcript, TranscribeRequest, Word
 
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -108,10 +108,11 @@ def _spooled_to_disk(upload: UploadFile, settings: Settings) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-async def _transcribe(settings: Settings, path: Path, language: str, offset: float = 0.0) -> Transcript:
-    return await client.call(
-        settings, "whisper", TranscribeRequest(path=str(path), language=language, timestamp_offset=offset), Transcript
-    )
+async def _transcribe(
+    settings: Settings, path: Path, language: str, offset: float = 0.0, priority: Priority = "recording"
+) -> Transcript:
+    request = TranscribeRequest(path=str(path), language=language, timestamp_offset=offset, priority=priority)
+    return await client.call(settings, "whisper", request, Transcript)
 
 
 @post("/v1/audio/transcriptions", name="transcriptions", status_code=200)
@@ -141,7 +142,7 @@ async def transcriptions(request: Request, settings: Settings) -> FileTranscript
         for upload in uploads:
             try:
                 with _spooled_to_disk(upload, settings) as path:
-                    transcript = await while_connected(request, _transcribe(settings, path, language))
+                    transcript = await while_connected(request, _transcribe(settings, path, language, priority="live"))
             except ServiceError as exc:
                 if len(uploads) > 1 and not exc.detail.startswith(str(upload.filename)):
                     exc.detail = f"{upload.filename}: {exc.detail}"

@@ -51,7 +51,7 @@ def main() -> int:
         manager.start()
     scheme = "http" if tls_files is None else "https"
     if settings.tls_client_ca is not None:
-        log.info("clients must present a certificate signed by %s (REFLECTOR_GPU_TLS_CLIENT_CA)", settings.tls_client_ca)
+        log.info("clients must present a certificate signed by %s (mTLS)", settings.tls_client_ca)
     if not settings.auth_required:
         reach = "this machine" if settings.is_loopback else "the network"
         log.warning(

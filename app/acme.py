@@ -96,7 +96,6 @@ class CertificateManager:
         self.files = tls.TlsFiles(self.directory / "cert.pem", self.directory / "key.pem", None)
         self.account_key_path = self.directory / "account-key.pem"
         self.account_path = self.directory / "account.json"
-        self.orders = 0  # orders placed by this process (tests and the log read it)
         self._client: client.ClientV2 | None = None
         self._stopped = threading.Event()
 
@@ -122,7 +121,10 @@ class CertificateManager:
             if _offers_ari(acme.directory):
                 suggested, _ = acme.renewal_time(self.files.cert.read_bytes())
         except (errors.Error, OSError) as exc:  # messages.Error and requests' errors included
-            log.info("ACME renewal information unavailable (%s): renewing a third of the lifetime before expiry", describe(exc))
+            log.info(
+                "ACME renewal information unavailable (%s): renewing a third of the lifetime before expiry",
+                describe(exc),
+            )
         else:
             if suggested is not None:
                 suggested = suggested if suggested.tzinfo else suggested.replace(tzinfo=dt.timezone.utc)
@@ -158,13 +160,13 @@ class CertificateManager:
             if exc.code != "accountDoesNotExist":
                 raise
             contact = {"email": s.acme_email} if s.acme_email else {}
-            regr = acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True, **contact))
+            new = messages.NewRegistration.from_data(terms_of_service_agreed=True, **contact)
+            regr = acme.new_account(new)
             terms = acme.directory.meta.terms_of_service
-            log.info("registered ACME account %s%s", regr.uri, f" (terms of service: {terms})" if terms else "")
+            log.info("registered ACME account %s (terms of service: %s)", regr.uri, terms or "none given")
         if regr.uri != stored:
-            tls.write_public(
-                self.account_path, json.dumps({"directory": s.acme_directory, "uri": regr.uri}).encode() + b"\n"
-            )
+            record = {"directory": s.acme_directory, "uri": regr.uri}
+            tls.write_public(self.account_path, json.dumps(record).encode() + b"\n")
         self._client = acme
         return acme
 
@@ -184,23 +186,27 @@ class CertificateManager:
         names = list(self.settings.domains)
         key = tls.new_key()
         key_pem = tls.key_pem(key)
-        self.orders += 1
-        log.info("ordering an ACME certificate for %s from %s", ", ".join(names), self.settings.acme_directory)
+        log.info(
+            "ordering an ACME certificate for %s from %s", ", ".join(names), self.settings.acme_directory
+        )
         order = acme.new_order(crypto_util.make_csr(key_pem, names))
         tokens = []
         try:
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue
-                offer = next((c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)), None)
-                if offer is None:
-                    raise AcmeError(f"the ACME server offers no HTTP-01 challenge for {authz.body.identifier.value}")
+                offers = [c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)]
+                if not offers:
+                    name = authz.body.identifier.value
+                    raise AcmeError(f"the ACME server offers no HTTP-01 challenge for {name}")
+                offer = offers[0]
                 response, validation = offer.response_and_validation(acme.net.key)
                 token = offer.chall.encode("token")
                 self.challenges.add(token, validation)
                 tokens.append(token)
                 acme.answer_challenge(offer, response)
-            deadline = dt.datetime.now() + dt.timedelta(seconds=ORDER_TIMEOUT_SECONDS)  # naive, as acme compares
+            # naive local time: what acme compares the deadline with
+            deadline = dt.datetime.now() + dt.timedelta(seconds=ORDER_TIMEOUT_SECONDS)
             order = acme.poll_and_finalize(order, deadline=deadline)
         finally:
             for token in tokens:
@@ -222,7 +228,8 @@ class CertificateManager:
         leaf = self.current()
         if leaf is None:
             log.warning(
-                "no ACME certificate yet for %s: ordering one (HTTP-01 on port %d); HTTPS starts once it is issued",
+                "no ACME certificate yet for %s: ordering one (HTTP-01 on port %d); "
+                "HTTPS starts once it is issued",
                 ", ".join(self.settings.domains), self.settings.http_port,
             )
         else:

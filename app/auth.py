@@ -103,13 +103,16 @@ class KeyRing:
             try:
                 text = self._path.read_text()
             except (OSError, UnicodeDecodeError) as exc:
-                log.error("cannot read REFLECTOR_GPU_APIKEYS_FILE %s (%s): its keys are refused until it is back", self._path, exc)
+                log.error(
+                    "cannot read REFLECTOR_GPU_APIKEYS_FILE %s (%s): its keys are refused until it is back",
+                    self._path, exc,
+                )
                 self._file = {}
                 return self._file
             keys, problems = parse_keys_file(text, str(self._path))
             for problem in problems:
                 log.warning("%s", problem)
-            log.info("API keys file %s loaded: %d key(s): %s", self._path, len(keys), ", ".join(keys) or "none")
+            log.info("API keys file %s loaded: %d key(s): %s", self._path, len(keys), ", ".join(keys) or "-")
             self._file = keys
             return self._file
 
@@ -147,5 +150,7 @@ def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> No
     token = presented_key(connection.headers.get("authorization"))
     name = None if token is None else key_ring(settings).match(token)
     if name is None:
-        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' with a key this host accepts")
+        raise Unauthorized(
+            "missing or wrong API key: send 'Authorization: Bearer <key>' with a key this host accepts"
+        )
     connection.scope.setdefault("state", {})["key_name"] = name

@@ -49,7 +49,9 @@ class Challenges:
             return self._answers.get(token)
 
 
-def redirect_location(host_header: str | None, target: str, https_port: int, fallback_host: str | None) -> str | None:
+def redirect_location(
+    host_header: str | None, target: str, https_port: int, fallback_host: str | None
+) -> str | None:
     """The ``https://`` URL for request-target `target` that came with `host_header`.
 
     None when no usable host is known (no or malformed ``Host`` and no `fallback_host`)."""
@@ -77,7 +79,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
-        for name, value in {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)), **headers}.items():
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)), **headers}
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -95,9 +98,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(200, answer.encode("ascii"), {})
             return
         settings = self.server.settings
-        location = redirect_location(
-            self.headers.get("Host"), self.path, settings.port, settings.domains[0] if settings.domains else None
-        )
+        fallback = settings.domains[0] if settings.domains else None
+        location = redirect_location(self.headers.get("Host"), self.path, settings.port, fallback)
         if location is None:
             self._send(400, b"a Host header is needed to redirect to HTTPS\n", {})
         else:

@@ -9,6 +9,7 @@ seconds. The README's "Settings" table documents each variable.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ Device = Literal["auto", "cpu", "cuda"]
 GiB = 1024**3
 DEFAULT_QUEUE_AUDIO_SECONDS = {"cpu": 7200.0, "cuda": 86400.0}
 DEFAULT_WHISPER_BATCH = {"cpu": 2, "cuda": 8}
+MAX_PORT = 65535  # TCP ports are 16-bit
 IMAGE_CERTS_DIR = Path("/certs")  # the image's mount point, used when it holds server.pem
 # Let's Encrypt's production directory (https://letsencrypt.org/docs/acme-protocol-updates/);
 # staging, for trials: https://acme-staging-v02.api.letsencrypt.org/directory
@@ -42,8 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Typed, validated configuration of one service instance.
 
     Derived paths: `run_dir` (worker Unix sockets), `tmp_dir` (uploads and downloads in
-    flight, deleted when their request ends), `cert_dir` (the generated self-signed pair),
-    `acme_dir` (the ACME account key, certificate and key).
+    flight, deleted when their request ends), `process_tmp_dir` (the children's ``TMPDIR``),
+    `cert_dir` (the generated self-signed pair), `acme_dir` (the ACME account key,
+    certificate and key).
 
     API keys: `apikeys` from ``REFLECTOR_GPU_APIKEY`` (comma-separated) and the ``name key``
     lines of `apikeys_file`, re-read when it changes (`app.auth`). `http_port` 0 means no
@@ -122,6 +125,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.state_dir / "tmp"
 
     @property
+    def process_tmp_dir(self) -> Path:
+        """Every child process's ``TMPDIR`` (onnxruntime's files, spooled uploads): under `tmp_dir`."""
+        return self.tmp_dir / "processes"
+
+    @property
     def cert_dir(self) -> Path:
         return self.state_dir / "tls"
 
@@ -149,7 +157,7 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(value)
@@ -157,16 +165,26 @@ def _int(minimum: int) -> Callable[[str], int]:
             raise ValueError("must be a whole number") from None
         if number < minimum:
             raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be <= {maximum}")
         return number
 
     return parse
 
 
-def _positive_float(value: str) -> float:
+def _finite_float(value: str) -> float:
+    """A float that is a real number (``inf`` and ``nan`` parse as floats but are no limit)."""
     try:
         number = float(value)
     except ValueError:
         raise ValueError("must be a number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = _finite_float(value)
     if not number > 0:
         raise ValueError("must be > 0")
     return number
@@ -180,7 +198,7 @@ def _device_list(value: str) -> tuple[int, ...]:
 
 
 def _fraction(value: str) -> float:
-    number = float(value)
+    number = _finite_float(value)
     if not 0 < number <= 1:
         raise ValueError("must be > 0 and <= 1")
     return number
@@ -212,13 +230,6 @@ def _existing_dir(value: str) -> Path:
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory")
     return path
-
-
-def _port(value: str) -> int:
-    number = _int(0)(value)
-    if number > 65535:
-        raise ValueError("must be a TCP port (0 to 65535)")
-    return number
 
 
 def _https_url(value: str) -> str:
@@ -283,14 +294,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_APIKEYS_FILE", "apikeys_file", _existing_file)
     take("HF_TOKEN", "hf_token")
     take("REFLECTOR_GPU_HOST", "host")
-    take("REFLECTOR_GPU_PORT", "port", _int(1))
+    take("REFLECTOR_GPU_PORT", "port", _int(1, MAX_PORT))
     take("REFLECTOR_GPU_DOMAIN", "domains", lambda v: tuple(_split(v)))
     take("REFLECTOR_GPU_TLS", "tls", _choice("auto", "files", "self-signed", "acme", "off"))
     take("REFLECTOR_GPU_TLS_CERT", "tls_cert", _existing_file)
     take("REFLECTOR_GPU_TLS_KEY", "tls_key", _existing_file)
     take("REFLECTOR_GPU_TLS_DIR", "tls_dir", _existing_dir)
     take("REFLECTOR_GPU_TLS_CLIENT_CA", "tls_client_ca", _existing_file)
-    take("REFLECTOR_GPU_HTTP_PORT", "http_port", _port)
+    take("REFLECTOR_GPU_HTTP_PORT", "http_port", _int(0, MAX_PORT))
     take("REFLECTOR_GPU_ACME_DIRECTORY", "acme_directory", _https_url)
     take("REFLECTOR_GPU_ACME_EMAIL", "acme_email", _email)
     take("REFLECTOR_GPU_ACME_CA", "acme_ca", _existing_file)

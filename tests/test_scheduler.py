@@ -132,6 +132,18 @@ def test_a_cancelled_job_loses_its_queued_pieces_at_once(recorder):
     recorder.gate.set()
     assert other.future.result(5) == ["other:0"]
     assert all(name != "doomed" for batch in recorder.batches for name, _ in batch)
+    assert scheduler.queued_seconds == 0
+    scheduler.stop()
+
+
+def test_cancelling_a_job_whose_piece_is_running_leaves_no_queued_audio(recorder):
+    scheduler, blocker = start_blocked(recorder, batch_size=1, live_lane=False)
+    scheduler.cancel(blocker, RuntimeError("client left"))
+    recorder.gate.set()
+    deadline = time.monotonic() + 5
+    while scheduler.batches_run < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.queued_seconds == 0
     scheduler.stop()
 
 

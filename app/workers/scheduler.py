@@ -271,7 +271,7 @@ class Scheduler:
         failed: dict[int, Job] = {}
         with self._lock:
             self.batches_run += 1
-            self._queued_seconds -= sum(piece.seconds for piece in batch if not piece.job.cancelled)
+            self._queued_seconds -= sum(piece.seconds for piece in batch)  # `_drop` left running ones
             if live and error is None and audio > 0:
                 rtf = elapsed / audio
                 self._rtf = rtf if self._rtf is None else (1 - RTF_SMOOTHING) * self._rtf + RTF_SMOOTHING * rtf

@@ -151,6 +151,7 @@ def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> No
     name = None if token is None else key_ring(settings).match(token)
     if name is None:
         raise Unauthorized(
-            "missing or wrong API key: send 'Authorization: Bearer <key>' with a key this host accepts"
+            "missing or wrong API key: send 'Authorization: Bearer <key>' with a key from "
+            "REFLECTOR_GPU_APIKEY or REFLECTOR_GPU_APIKEYS_FILE"
         )
     connection.scope.setdefault("state", {})["key_name"] = name

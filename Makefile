@@ -39,6 +39,7 @@ bench: models
 	$(PY) bench/concurrency.py
 	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
+	$(PY) bench/acme_start.py
 
 # podman/buildah keep HEALTHCHECK only in the docker format; docker always builds that one.
 image:

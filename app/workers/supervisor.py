@@ -19,7 +19,9 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
   `STOP_TIMEOUT_SECONDS`), then the workers;
 - certificate files an operator provides are polled; a changed pair is validated
   (`app.tls.check_pair`), copied to the run directory Granian reads from, and Granian gets
-  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on.
+  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on;
+- with ``REFLECTOR_GPU_TLS=acme`` Granian starts only once `app.acme` has stored a valid
+  certificate (the workers load meanwhile), so HTTPS never answers with a wrong one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits `podman stop`'s 10 s
 WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
+FIRST_CERT_POLL_SECONDS = 0.2  # while Granian waits for the first ACME certificate
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -187,21 +190,24 @@ class Supervisor:
                 "--ssl-keyfile", str(self.serving.key),
                 "--ssl-protocol-min", "tls1.2",
             ]
+            if s.tls_client_ca is not None:  # mTLS: no handshake without a certificate it signed
+                argv += ["--ssl-ca", str(s.tls_client_ca), "--ssl-client-verify"]
         return [*argv, "app.main:create_app"]
 
     # -- running ----------------------------------------------------------------------
     def run(self) -> int:
         """Start everything and supervise until stopped; returns the exit status."""
         self._prepare_dirs()
-        if self.source is not None:
+        waiting = self.settings.tls == "acme" and not self._source_valid()
+        if self.source is not None and not waiting:
             self._install_certificate()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for worker in self.workers:
             failed_marker(self.settings, worker.kind, worker.replica).unlink(missing_ok=True)
             worker.start()
-        self.granian = Child("granian", self.granian_argv())
-        self.granian.start()
+        if not waiting:
+            self._start_granian()
         try:
             while not self.stopping:
                 status = self._tick()
@@ -212,14 +218,32 @@ class Supervisor:
         finally:
             self._stop_all()
 
+    def _start_granian(self) -> None:
+        self.granian = Child("granian", self.granian_argv())
+        self.granian.start()
+
+    def _source_valid(self) -> bool:
+        assert self.source is not None
+        try:
+            tls.check_pair(self.source.cert, self.source.key, self.settings.domains)
+        except tls.CertificateError:
+            return False
+        return True
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
     def _tick(self) -> int | None:
         now = time.monotonic()
-        assert self.granian is not None and self.granian.process is not None
-        code = self.granian.process.poll()
+        if self.granian is None:  # waiting for the first ACME certificate
+            if now >= self._next_cert_poll:
+                self._next_cert_poll = now + FIRST_CERT_POLL_SECONDS
+                if self._source_valid():
+                    self._install_certificate()
+                    self._start_granian()
+        assert self.granian is None or self.granian.process is not None
+        code = None if self.granian is None else self.granian.process.poll()
         if code is not None:
             if not self.stopping:
                 log.error("granian exited with status %s; stopping the service", code)
@@ -232,7 +256,7 @@ class Supervisor:
             children = [self.granian, *self.workers]
             for pid in reap_orphans([c.process for c in children if c is not None and c.process is not None]):
                 log.debug("reaped orphan process %d", pid)
-        if self.source is not None and now >= self._next_cert_poll:
+        if self.source is not None and self.granian is not None and now >= self._next_cert_poll:
             self._next_cert_poll = now + CERT_POLL_SECONDS
             self._check_certificate()
         return None

@@ -19,10 +19,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import settings as settings_module
+from app import metrics, settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
+from app.request_id import RequestIdMiddleware
 from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, transcription, translation
 from app.settings import Settings
 
@@ -171,19 +172,19 @@ def outer_asgi(app: ASGIApp) -> ASGIApp:
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     """The ASGI application Granian serves: `build_app` wrapped in `outer_asgi`."""
-    return outer_asgi(build_app(settings))
+    return RequestIdMiddleware(metrics.MetricsMiddleware(outer_asgi(build_app(settings))))
 
 
 def build_app(settings: Settings | None = None) -> Litestar:
     """The Litestar application for `settings` (read from the environment when None)."""
     settings = settings or settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
 
     def provide_settings() -> Settings:
         return settings
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *metrics.routes(settings)],
         guards=[require_api_key],
         dependencies={"settings": Provide(provide_settings, use_cache=True, sync_to_thread=False)},
         exception_handlers={

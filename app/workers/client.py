@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import msgspec
@@ -88,9 +89,14 @@ async def call(settings: Settings, kind: str, request: msgspec.Struct, result_ty
 
 async def ping(settings: Settings, kind: str, timeout: float = 2.0) -> Pong | None:
     """The worker's `Pong`, or None when it is not listening or does not answer in `timeout` s."""
+    return await ping_socket(socket_path(settings, kind), timeout)
+
+
+async def ping_socket(path: Path, timeout: float = 2.0) -> Pong | None:
+    """The `Pong` of the worker listening on `path`, or None (not listening, no answer in `timeout` s)."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(socket_path(settings, kind)))
+            reader, writer = await asyncio.open_unix_connection(str(path))
             try:
                 writer.write(encode_frame(Ping()))
                 await writer.drain()

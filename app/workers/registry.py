@@ -7,8 +7,10 @@ configured is not started; its routes answer 503 with `not_configured_detail`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.settings import Settings
 from app.workers import translator
@@ -48,3 +50,21 @@ def spec(kind: str) -> WorkerSpec:
 def socket_path(settings: Settings, kind: str):
     """Where the `kind` worker listens: ``<state>/run/<kind>.sock``."""
     return settings.run_dir / f"{kind}.sock"
+
+
+def replica_sockets(settings: Settings, kind: str) -> list[Path]:
+    """The sockets of the `kind` workers listening now, by replica index: ``<run>/<kind>.sock``
+    (replica 0 of a single worker) and ``<run>/<kind>-<n>.sock`` (replica n). Empty when none is up."""
+    pattern = re.compile(rf"{re.escape(kind)}(?:-(\d+))?\.sock")
+    found: list[tuple[int, Path]] = []
+    for path in settings.run_dir.glob(f"{kind}*.sock"):
+        match = pattern.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1) or 0), path))
+    return [path for _, path in sorted(found)]
+
+
+def replica_index(path: Path) -> int:
+    """The replica number in a socket name from `replica_sockets` (0 for ``<kind>.sock``)."""
+    _, dash, number = path.stem.rpartition("-")
+    return int(number) if dash and number.isdigit() else 0

@@ -141,7 +141,7 @@ def main(kind: str) -> None:
     Exits with status 3 when the model cannot be loaded (the log says why).
     """
     settings = settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping is the entrypoint's decision (SIGTERM)
     worker = spec(kind)
     try:

@@ -39,6 +39,14 @@ STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits 
 WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
+SERVING_CERT, SERVING_KEY = "tls-cert.pem", "tls-key.pem"  # Granian's copies in the run directory
+RESTARTS_SUFFIX = ".restarts"  # <run>/<child name>.restarts: how often it was restarted (for /metrics)
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """``<state>/run/metrics``: prometheus-client's multiprocess files, one set per Granian
+    worker process (``PROMETHEUS_MULTIPROC_DIR``), made empty at each start."""
+    return settings.run_dir / "metrics"
 
 
 @dataclass
@@ -52,11 +60,14 @@ class Child:
     backoff: float = 1.0
     restart_at: float = 0.0
     restarts: int = 0
+    env: dict[str, str] | None = None  # None: the supervisor's own environment
 
     def start(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops
         # everything in order, and a stop can signal Granian together with its forked workers.
-        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.argv, preexec_fn=_die_with_parent, start_new_session=True, env=self.env
+        )
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def signal_group(self, signum: int) -> None:
@@ -109,12 +120,13 @@ class Supervisor:
             shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.settings.run_dir, 0o700)
+        metrics_dir(self.settings).mkdir()
 
     def _install_certificate(self) -> None:
         """Copy the validated pair into the run directory; Granian only ever reads these copies."""
         assert self.source is not None
         run = self.settings.run_dir
-        cert, key = run / "tls-cert.pem", run / "tls-key.pem"
+        cert, key = run / SERVING_CERT, run / SERVING_KEY
         shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
         cert.with_suffix(".tmp").replace(cert)
         fd = os.open(key.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -155,7 +167,9 @@ class Supervisor:
         for worker in self.workers:
             (self.settings.run_dir / f"{worker.name}.failed").unlink(missing_ok=True)
             worker.start()
-        self.granian = Child("granian", self.granian_argv())
+        # prometheus-client's multiprocess mode: every Granian worker counts into this directory.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(self.settings).resolve())}
+        self.granian = Child("granian", self.granian_argv(), env=env)
         self.granian.start()
         try:
             while not self.stopping:
@@ -211,6 +225,9 @@ class Supervisor:
             worker.name, code, worker.restarts, worker.backoff,
         )
         failed_marker.write_text(f"exited with status {code}\n")
+        counter = self.settings.run_dir / f"{worker.name}{RESTARTS_SUFFIX}"  # read by /metrics
+        counter.with_suffix(".tmp").write_text(f"{worker.restarts}\n")
+        counter.with_suffix(".tmp").replace(counter)
         socket_path(self.settings, worker.name).unlink(missing_ok=True)
         worker.process = None
         worker.ready_once = False

@@ -54,7 +54,7 @@ def test_manifests_validate(name: str, version: str) -> None:
     docs = render(name)
     assert {doc["kind"] for doc in docs} == {
         "ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget",
-        "HorizontalPodAutoscaler",
+        "HorizontalPodAutoscaler", "NetworkPolicy",
     }
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)
@@ -92,9 +92,10 @@ def test_the_base_runs_one_gpu_pod_safely() -> None:
     hpa = by_kind(docs)["HorizontalPodAutoscaler"]
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == f"{metrics.PREFIX}_queue_audio_seconds"
     labels = by_kind(docs)["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    for kind in ("Service", "PodDisruptionBudget"):
+    for kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
         spec = by_kind(docs)[kind]["spec"]
-        selector = spec["selector"].get("matchLabels", spec["selector"])
+        selector = spec.get("podSelector", spec.get("selector"))
+        selector = selector.get("matchLabels", selector)
         assert selector.items() <= labels.items(), kind
 
 

@@ -11,8 +11,8 @@
 # sampled every 0.5 s with nvidia-smi).
 #
 # Needs: nvidia-smi; podman with nvidia-container-toolkit's CDI spec (`--device
-# nvidia.com/gpu=all`) or docker with `--gpus all`. Environment: IMAGE, ENGINE (podman or
-# docker), GPU_FLAGS (override the GPU option), MINUTES (meeting length, default 60),
+# nvidia.com/gpu=all`) or docker with `--gpus all`. Environment: IMAGE, ENGINE (the podman or
+# docker command line), GPU_FLAGS (override the GPU option), RUN_FLAGS (more `run` options), MINUTES (meeting length, default 60),
 # WHISPER_MODEL / DIARIZATION_MODEL / MODELS_DIR (your own weights, mounted at /models),
 # DEVICE (default cuda; `DEVICE=cpu GPU_FLAGS=" " MINUTES=2` rehearses the script without a GPU).
 set -euo pipefail
@@ -21,10 +21,12 @@ IMAGE=${IMAGE:-reflector-gpu:latest}
 ENGINE=${ENGINE:-$(command -v podman >/dev/null 2>&1 && echo podman || echo docker)}
 MINUTES=${MINUTES:-60}
 DEVICE=${DEVICE:-cuda}
+read -r -a engine <<<"$ENGINE"
 if [ -z "${GPU_FLAGS:-}" ]; then
-  case "$(basename "$ENGINE")" in podman) GPU_FLAGS="--device nvidia.com/gpu=all" ;; *) GPU_FLAGS="--gpus all" ;; esac
+  case "$(basename "${engine[0]}")" in podman) GPU_FLAGS="--device nvidia.com/gpu=all" ;; *) GPU_FLAGS="--gpus all" ;; esac
 fi
 read -r -a gpu_flags <<<"$GPU_FLAGS"
+read -r -a run_flags <<<"${RUN_FLAGS:-}"
 name=rg-gpu-check-$$
 work=$(mktemp -d /var/tmp/rg-gpu-check.XXXXXX)
 chmod 0777 "$work"  # the image's user (uid 10001) writes the state here
@@ -32,7 +34,7 @@ started=$(date +%s)
 step() { printf '\n== %s (%ds)\n' "$*" $(($(date +%s) - started)); }
 cleanup() {
   [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null || true
-  "$ENGINE" rm --force "$name" >/dev/null 2>&1 || true
+  "${engine[@]}" rm --force "$name" >/dev/null 2>&1 || true
   rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -52,23 +54,23 @@ env_args=(--env REFLECTOR_GPU_APIKEY=gpu-check --env "REFLECTOR_GPU_DEVICE=$DEVI
 [ -n "${MODELS_DIR:-}" ] && env_args+=(--volume "$MODELS_DIR:/models:ro")
 
 step "start $IMAGE (device $DEVICE)"
-"$ENGINE" run --detach --name "$name" "${gpu_flags[@]}" "${env_args[@]}" \
+"${engine[@]}" run --detach --name "$name" "${gpu_flags[@]}" "${run_flags[@]}" "${env_args[@]}" \
   --volume "$work:/state" "$IMAGE" >/dev/null
 for _ in $(seq 1 300); do
-  if "$ENGINE" exec "$name" python -c "
+  if "${engine[@]}" exec "$name" python -c "
 import httpx, ssl, sys
 ca = ssl.create_default_context(cafile='/state/tls/ca.crt')
 sys.exit(httpx.get('https://localhost:8443/ready', verify=ca).status_code != 200)" >/dev/null 2>&1; then
     break
   fi
-  if [ "$("$ENGINE" inspect --format '{{.State.Running}}' "$name")" != true ]; then
-    "$ENGINE" logs "$name" | tail -n 40 >&2
+  if [ "$("${engine[@]}" inspect --format '{{.State.Running}}' "$name")" != true ]; then
+    "${engine[@]}" logs "$name" | tail -n 40 >&2
     echo "the service exited before it was ready" >&2
     exit 1
   fi
   sleep 2
 done
-"$ENGINE" logs "$name" 2>&1 | grep -E "loaded|ready|device|cuda" | tail -n 12 || true
+"${engine[@]}" logs "$name" 2>&1 | grep -E "loaded|ready|device|cuda" | tail -n 12 || true
 
 # GPU memory, sampled while the jobs run.
 if [ -n "${baseline:-}" ]; then
@@ -77,7 +79,7 @@ if [ -n "${baseline:-}" ]; then
 fi
 
 step "transcribe and diarize a ${MINUTES}-minute meeting"
-"$ENGINE" exec --env MINUTES="$MINUTES" "$name" python - <<'EOF'
+"${engine[@]}" exec --interactive --env MINUTES="$MINUTES" "$name" python - <<'EOF'
 import functools, http.server, importlib.util, os, re, ssl, threading, time, wave
 from pathlib import Path
 
@@ -90,14 +92,19 @@ with wave.open(str(sample_dir / "sample.wav")) as w:
     rate, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
 repeats = int(np.ceil(minutes * 60 * rate / len(pcm)))
 meeting = np.tile(pcm, repeats)[: int(minutes * 60 * rate)]
-path = Path("/state/tmp-meeting.wav")
+served = Path("/state/gpu-check")  # only this directory is served, on the container's loopback
+served.mkdir(exist_ok=True)
+path = served / "meeting.wav"
 with wave.open(str(path), "wb") as w:
     w.setnchannels(1); w.setsampwidth(2); w.setframerate(rate); w.writeframes(meeting.tobytes())
 seconds = len(meeting) / rate
 print(f"meeting: {seconds:.0f} s of audio ({seconds / 60:.0f} min, pyannote's sample looped), {path.stat().st_size / 1e6:.0f} MB")
 
-handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="/state")
-handler.log_message = lambda *args: None
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+handler = functools.partial(Quiet, directory=str(served))
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 
@@ -134,5 +141,5 @@ if [ -n "${sampler:-}" ]; then
   peak=$(sort -n "$work/gpu-memory.csv" | tail -n 1)
   echo "used before the service: ${baseline} MiB; peak while it worked: ${peak} MiB (+$((peak - baseline)) MiB)"
 fi
-"$ENGINE" exec "$name" python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
+"${engine[@]}" exec "$name" python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
 step "done"

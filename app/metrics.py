@@ -34,9 +34,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.settings import Settings
-from app.workers.client import ping_socket
+from app.workers.client import ping
 from app.workers.protocol import Pong
-from app.workers.registry import WORKERS, replica_index, replica_sockets
+from app.workers.registry import WORKERS
 from app.workers.supervisor import RESTARTS_SUFFIX, SERVING_CERT, metrics_dir
 
 PREFIX = "reflector_gpu"
@@ -147,25 +147,21 @@ async def worker_families(settings: Settings) -> list[Metric]:
     )
     restarts = CounterMetricFamily(f"{PREFIX}_worker_restarts", "Worker processes restarted by the supervisor", labels=["worker"])
     jobs = CounterMetricFamily(f"{PREFIX}_worker_jobs", "Jobs finished by the worker replicas (any outcome)", labels=["worker", "replica"])
-    configured = [w.kind for w in WORKERS if w.configured(settings)]
-    sockets = {kind: replica_sockets(settings, kind) for kind in configured}
+    configured = [(w.kind, w.replicas(settings)) for w in WORKERS if w.configured(settings)]
     pongs = await asyncio.gather(
-        *(ping_socket(path, PING_TIMEOUT_SECONDS) for kind in configured for path in sockets[kind])
+        *(ping(settings, kind, replica, PING_TIMEOUT_SECONDS) for kind, count in configured for replica in range(count))
     )
     answers = iter(pongs)
     restart_counts = _restart_counts(settings.run_dir)
-    for kind in configured:
+    for kind, count in configured:
         replies: list[Pong] = []
-        for path in sockets[kind]:
+        for replica in map(str, range(count)):
             pong = next(answers)
-            replica = str(replica_index(path))
             up.add_metric([kind, replica], 0 if pong is None else 1)
             if pong is not None:
                 replies.append(pong)
                 queue.add_metric([kind, replica], pong.queued_seconds)
                 jobs.add_metric([kind, replica], pong.jobs_done)
-        if not sockets[kind]:
-            up.add_metric([kind, "0"], 0)
         loads = [p.load_seconds for p in replies if p.load_seconds is not None]
         if loads:
             load.add_metric([kind], max(loads))

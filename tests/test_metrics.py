@@ -24,6 +24,7 @@ from app import tls
 from app.main import create_app
 from app.settings import Settings, load
 from app.workers.audio import AudioEngine
+from app.workers.registry import socket_path
 from app.workers.server import WorkerServer
 from app.workers.supervisor import SERVING_CERT, Child, Supervisor
 from tests.conftest import API_KEY, Service
@@ -148,12 +149,13 @@ def test_granian_workers_add_up_in_multiprocess_mode(state_dir: Path) -> None:
 
 
 @pytest.fixture
-def audio_worker_replica_1(state_dir: Path) -> Iterator[Settings]:
-    """The real audio engine (PyAV) served on ``<run>/audio-1.sock``, as replica 1."""
-    settings = settings_for(state_dir)
+def audio_worker(state_dir: Path) -> Iterator[Settings]:
+    """The real audio engine (PyAV) served on its socket; two Whisper replicas configured, none
+    running."""
+    settings = settings_for(state_dir, REFLECTOR_GPU_WHISPER_REPLICAS="2")
     server = WorkerServer(AudioEngine(settings), settings.queue_size)
     loop = asyncio.new_event_loop()
-    path = settings.run_dir / "audio-1.sock"
+    path = socket_path(settings, "audio", 0)
     unix_server = loop.run_until_complete(asyncio.start_unix_server(server.handle_connection, path=str(path)))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -164,13 +166,15 @@ def audio_worker_replica_1(state_dir: Path) -> Iterator[Settings]:
     loop.close()
 
 
-def test_worker_gauges_come_from_a_ping_of_each_replica(audio_worker_replica_1: Settings) -> None:
-    with TestClient(create_app(audio_worker_replica_1)) as client:
+def test_worker_gauges_come_from_a_ping_of_each_replica(audio_worker: Settings) -> None:
+    with TestClient(create_app(audio_worker)) as client:
         text = scrape(client)
-    assert value(text, "reflector_gpu_worker_up", worker="audio", replica="1") == 1
-    assert value(text, "reflector_gpu_worker_up", worker="audio", replica="0") is None
-    assert value(text, "reflector_gpu_queue_audio_seconds", worker="audio", replica="1") == 0
-    assert value(text, "reflector_gpu_worker_up", worker="whisper", replica="0") == 0
+    assert value(text, "reflector_gpu_worker_up", worker="audio", replica="0") == 1
+    assert value(text, "reflector_gpu_queue_audio_seconds", worker="audio", replica="0") == 0
+    assert value(text, "reflector_gpu_worker_jobs_total", worker="audio", replica="0") == 0
+    for replica in ("0", "1"):
+        assert value(text, "reflector_gpu_worker_up", worker="whisper", replica=replica) == 0
+    assert value(text, "reflector_gpu_worker_up", worker="whisper", replica="2") is None
 
 
 def test_supervisor_restarts_are_counted(state_dir: Path) -> None:
@@ -178,7 +182,8 @@ def test_supervisor_restarts_are_counted(state_dir: Path) -> None:
     supervisor = Supervisor(settings, None)
     supervisor._prepare_dirs()
     assert (state_dir / "run" / "metrics").is_dir()
-    audio, whisper_1 = (Child(name, [sys.executable, "-c", "raise SystemExit(1)"]) for name in ("audio", "whisper-1"))
+    crash = [sys.executable, "-c", "raise SystemExit(1)"]
+    audio, whisper_1 = Child("audio-0", crash, "audio", 0), Child("whisper-1", crash, "whisper", 1)
     for child in (audio, audio, whisper_1):  # the audio worker dies twice, whisper's replica 1 once
         child.start()
         child.process.wait(30)

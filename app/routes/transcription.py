@@ -20,11 +20,12 @@ from litestar.datastructures import UploadFile
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
-from app.routes import JSON_BODY_LIMIT_BYTES, check_language, check_offset
+from app.routes import JSON_BODY_LIMIT_BYTES, check_language
 from app.routes.disconnect import while_connected
+from app.schemas import LanguageCode, TimestampOffset, Url, Word, public_words
 from app.settings import Settings
 from app.workers import client
-from app.workers.whisper import Transcript, TranscribeRequest, Word
+from app.workers.whisper import Priority, Transcript, TranscribeRequest
 
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -47,10 +48,10 @@ class BatchTranscription(msgspec.Struct):
 class UrlTranscriptionRequest(msgspec.Struct):
     """Body of ``/v1/audio/transcriptions-from-url``. `model` and `batch` are accepted and ignored."""
 
-    audio_file_url: str
+    audio_file_url: Url
     model: str | None = None
-    language: str = "en"
-    timestamp_offset: float = 0.0
+    language: LanguageCode = "en"
+    timestamp_offset: TimestampOffset = 0.0
     batch: bool = False
 
 
@@ -108,10 +109,11 @@ def _spooled_to_disk(upload: UploadFile, settings: Settings) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-async def _transcribe(settings: Settings, path: Path, language: str, offset: float = 0.0) -> Transcript:
-    return await client.call(
-        settings, "whisper", TranscribeRequest(path=str(path), language=language, timestamp_offset=offset), Transcript
-    )
+async def _transcribe(
+    settings: Settings, path: Path, language: str, offset: float = 0.0, priority: Priority = "recording"
+) -> Transcript:
+    request = TranscribeRequest(path=str(path), language=language, timestamp_offset=offset, priority=priority)
+    return await client.call(settings, "whisper", request, Transcript)
 
 
 @post("/v1/audio/transcriptions", name="transcriptions", status_code=200)
@@ -141,13 +143,15 @@ async def transcriptions(request: Request, settings: Settings) -> FileTranscript
         for upload in uploads:
             try:
                 with _spooled_to_disk(upload, settings) as path:
-                    transcript = await while_connected(request, _transcribe(settings, path, language))
+                    transcript = await while_connected(request, _transcribe(settings, path, language, priority="live"))
             except ServiceError as exc:
                 if len(uploads) > 1 and not exc.detail.startswith(str(upload.filename)):
                     exc.detail = f"{upload.filename}: {exc.detail}"
                 raise
             audio_seconds += transcript.duration
-            results.append(FileTranscription(text=transcript.text, words=transcript.words, filename=upload.filename))
+            results.append(
+                FileTranscription(text=transcript.text, words=public_words(transcript.words), filename=upload.filename)
+            )
     finally:
         request.state.audio_seconds = audio_seconds
         for upload in uploads:
@@ -173,13 +177,12 @@ async def transcriptions_from_url(
     """
     if not data.audio_file_url.strip():
         raise BadRequest("audio_file_url is empty")
-    language = check_language(data.language or "en")
-    offset = check_offset(data.timestamp_offset)
+    language = data.language or "en"
 
     async def work() -> Transcript:
         async with downloaded(settings, data.audio_file_url.strip()) as path:
-            return await _transcribe(settings, path, language, offset)
+            return await _transcribe(settings, path, language, data.timestamp_offset)
 
     transcript = await while_connected(request, work())
     request.state.audio_seconds = transcript.duration
-    return UrlTranscription(text=transcript.text, words=transcript.words)
+    return UrlTranscription(text=transcript.text, words=public_words(transcript.words))

@@ -8,7 +8,7 @@ scrape, whichever worker answers it, adds them all up. Without that variable (te
 
 Everything about the model workers is read at scrape time: the scrape pings every replica
 over its socket (`app.workers.protocol.Pong`), and reads the restart counts the supervisor
-writes (``<run>/<name>.restarts``). The serving certificate's expiry is read from the
+writes (``<run>/<kind>-<replica>.restarts``). The serving certificate's expiry is read from the
 copy Granian serves (``<run>/tls-cert.pem``).
 
 Labels hold only route names (the handler's name, e.g. ``transcriptions``; ``unmatched``

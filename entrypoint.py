@@ -29,7 +29,7 @@ def main() -> int:
     except settings_module.SettingsError as exc:
         log.error("%s", exc)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     problems = models.check_paths(settings)
     if problems:
         log.error("invalid settings:\n  %s", "\n  ".join(problems))

@@ -18,11 +18,12 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp
 from multipart import ParserLimitReached
 
-from app import settings as settings_module
+from app import metrics, settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
 from app.middleware import AccessLog, HeadAsGet, RequestBody
+from app.request_id import RequestIdMiddleware
 from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, transcription, translation
 from app.settings import Settings
 
@@ -102,9 +103,11 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
-    """The ASGI application Granian serves: `build_app` inside the middlewares of
-    `app.middleware`, outermost first: access log, HEAD as GET, request body."""
-    return AccessLog(HeadAsGet(RequestBody(build_app(settings))))
+    """The ASGI application Granian serves: `build_app` inside the middlewares, outermost
+    first: request id (`app.request_id`, so the access line carries it), access log, HEAD as
+    GET (`app.middleware`), metrics (`app.metrics`, inside HEAD as GET so that it sees the
+    route Litestar matched), request body."""
+    return RequestIdMiddleware(AccessLog(HeadAsGet(metrics.MetricsMiddleware(RequestBody(build_app(settings))))))
 
 
 def _provide_settings(state: State) -> Settings:
@@ -116,10 +119,10 @@ def _provide_settings(state: State) -> Settings:
 def build_app(settings: Settings | None = None) -> Litestar:
     """The Litestar application for `settings` (read from the environment when None)."""
     settings = settings or settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *metrics.routes(settings)],
         guards=[require_api_key],
         dependencies={"settings": Provide(_provide_settings, use_cache=True, sync_to_thread=False)},
         exception_handlers={

@@ -19,6 +19,8 @@ import msgspec
 
 TlsMode = Literal["auto", "files", "self-signed", "acme", "off"]
 Device = Literal["auto", "cpu", "cuda"]
+MetricsAccess = Literal["key", "open", "off"]
+LogFormat = Literal["text", "json"]
 
 GiB = 1024**3
 DEFAULT_QUEUE_AUDIO_SECONDS = {"cpu": 7200.0, "cuda": 86400.0}
@@ -73,6 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     open_routes: frozenset[str] = frozenset()
     http_workers: int = 1
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    metrics: MetricsAccess = "key"
 
     max_upload_bytes: int = 1 * GiB
     max_download_bytes: int = 4 * GiB
@@ -311,6 +315,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_OPEN_ROUTES", "open_routes", lambda v: frozenset(p.strip("/").lower() for p in _split(v)))
     take("REFLECTOR_GPU_HTTP_WORKERS", "http_workers", _int(1))
     take("REFLECTOR_GPU_LOG_LEVEL", "log_level", lambda v: _choice("debug", "info", "warning", "error")(v).upper())
+    take("REFLECTOR_GPU_LOG_FORMAT", "log_format", _choice("text", "json"))
+    take("REFLECTOR_GPU_METRICS", "metrics", _choice("key", "open", "off"))
     take("REFLECTOR_GPU_MAX_UPLOAD_BYTES", "max_upload_bytes", _int(1))
     take("REFLECTOR_GPU_MAX_DOWNLOAD_BYTES", "max_download_bytes", _int(1))
     take("REFLECTOR_GPU_MAX_AUDIO_SECONDS", "max_audio_seconds", _positive_float)

@@ -258,7 +258,7 @@ def main(kind: str, replica: int = 0) -> None:
     Exits with status 3 when the model cannot be loaded (the log says why).
     """
     settings = settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping is the entrypoint's decision (SIGTERM)
     devices.set_replica(replica)
     worker = spec(kind)

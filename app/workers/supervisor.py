@@ -51,6 +51,14 @@ WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
 FIRST_CERT_POLL_SECONDS = 0.2  # while Granian waits for the first ACME certificate
 MAX_BACKOFF_SECONDS = 30.0
+SERVING_CERT, SERVING_KEY = "tls-cert.pem", "tls-key.pem"  # Granian's copies in the run directory
+RESTARTS_SUFFIX = ".restarts"  # <run>/<child name>.restarts: how often it was restarted (for /metrics)
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """``<state>/run/metrics``: prometheus-client's multiprocess files, one set per Granian
+    worker process (``PROMETHEUS_MULTIPROC_DIR``), made empty at each start."""
+    return settings.run_dir / "metrics"
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Child:
     backoff: float = 1.0
     restart_at: float = 0.0
     restarts: int = 0
+    env: dict[str, str] | None = None  # None: the supervisor's own environment
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.name
@@ -73,7 +82,9 @@ class Child:
     def start(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops
         # everything in order, and a stop can signal Granian together with its forked workers.
-        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.argv, preexec_fn=_die_with_parent, start_new_session=True, env=self.env
+        )
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def signal_group(self, signum: int) -> None:
@@ -153,6 +164,7 @@ class Supervisor:
             shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.settings.run_dir, 0o700)
+        metrics_dir(self.settings).mkdir()
         # Every child inherits it: nothing a worker or Granian writes to "the temp dir"
         # (onnxruntime's .ses file, Litestar's spooled uploads) lands in the system's.
         self.settings.process_tmp_dir.mkdir(mode=0o700, exist_ok=True)
@@ -162,7 +174,7 @@ class Supervisor:
         """Copy the validated pair into the run directory; Granian only ever reads these copies."""
         assert self.source is not None
         run = self.settings.run_dir
-        cert, key = run / "tls-cert.pem", run / "tls-key.pem"
+        cert, key = run / SERVING_CERT, run / SERVING_KEY
         shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
         cert.with_suffix(".tmp").replace(cert)
         fd = os.open(key.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -219,7 +231,9 @@ class Supervisor:
             self._stop_all()
 
     def _start_granian(self) -> None:
-        self.granian = Child("granian", self.granian_argv())
+        # prometheus-client's multiprocess mode: every Granian worker counts into this directory.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(self.settings).resolve())}
+        self.granian = Child("granian", self.granian_argv(), env=env)
         self.granian.start()
 
     def _source_valid(self) -> bool:
@@ -294,6 +308,9 @@ class Supervisor:
             worker.name, code, worker.restarts, worker.backoff,
         )
         marker.write_text(f"exited with status {code}\n")
+        counter = self.settings.run_dir / f"{worker.kind}-{worker.replica}{RESTARTS_SUFFIX}"  # read by /metrics
+        counter.with_suffix(".tmp").write_text(f"{worker.restarts}\n")
+        counter.with_suffix(".tmp").replace(counter)
         socket.unlink(missing_ok=True)
         worker.process = None
         worker.ready_once = False

@@ -23,7 +23,7 @@ from app import settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, transcription, translation
+from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -34,10 +34,13 @@ ROUTES = [
     health.ready,
     transcription.transcriptions,
     transcription.transcriptions_from_url,
+    transcription.translations,
+    models.models,
     diarization.diarize,
     translation.translate,
     audio.pad,
     audio.mixdown,
+    audio.mixdown_v1,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 
@@ -196,6 +199,7 @@ def build_app(settings: Settings | None = None) -> Litestar:
             title="Reflector GPU host",
             version="0.1.0",
             path=DOCS_PATH,
+            use_handler_docstrings=True,
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,

@@ -54,6 +54,14 @@ def _note_error(request: Request, detail: str) -> None:
     request.scope.setdefault("state", {})["error"] = detail[:300]
 
 
+def _openai_error(request: Request, status: int, detail: str) -> dict[str, object]:
+    """Under ``/v1/``, OpenAI's ``error`` object beside ``detail``, so the OpenAI SDKs show the reason."""
+    if not request.url.path.startswith("/v1/"):
+        return {}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": detail, "type": kind, "param": None, "code": None}}
+
+
 def handle_service_error(request: Request, exc: ServiceError) -> Response:
     _note_error(request, exc.detail)
     headers = {}
@@ -61,7 +69,7 @@ def handle_service_error(request: Request, exc: ServiceError) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    return _json_error(exc.status, exc.detail, headers)
+    return _json_error(exc.status, exc.detail, headers, **_openai_error(request, exc.status, exc.detail))
 
 
 def handle_validation_error(request: Request, exc: ValidationException) -> Response:

@@ -92,13 +92,12 @@ def test_json_is_reflectors_shape_parsed_by_the_sdk(sdk: openai.OpenAI, sample_w
     data = result.model_dump()
     assert {"text", "words", "filename"} <= set(data) and data["filename"] == "sample.wav"
     assert len(data["words"]) > 50 and all(set(w) == {"word", "start", "end"} for w in data["words"])
-    assert result.usage is not None and result.usage.seconds == pytest.approx(30.0, abs=0.1)
 
 
 def test_absent_format_answers_exactly_what_reflector_reads(client: httpx.Client, sample_wav: Path) -> None:
     files = {"file": ("sample.wav", sample_wav.read_bytes(), "audio/wav")}
     data = client.post("/v1/audio/transcriptions", files=files, data={"language": "en"}).json()
-    assert {"text", "words", "filename"} <= set(data)
+    assert set(data) == {"text", "words", "filename"}
     assert all(set(w) == {"word", "start", "end"} for w in data["words"])
 
 

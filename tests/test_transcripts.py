@@ -75,7 +75,7 @@ def test_json_keeps_reflectors_shape(transcript: Transcript) -> None:
     body = msgspec.to_builtins(json_body(transcript, "json", filename="a.wav"))
     assert body["text"] == transcript.text and body["filename"] == "a.wav"
     assert body["words"][0] == {"word": " Hello", "start": 0.2, "end": 0.6}
-    assert body["usage"] == {"seconds": 3663.0, "type": "duration"}
+    assert set(body) == {"text", "words", "filename"}
 
 
 @pytest.mark.parametrize(

@@ -298,7 +298,7 @@ _COMMON_FIELDS = {
     ),
 }
 _FORMAT_HELP = (
-    "json: {text, words, filename, usage}; verbose_json: OpenAI's task, language, duration, text, "
+    "json: {text, words, filename}; verbose_json: OpenAI's task, language, duration, text, "
     "segments, words, plus filename; text: the text (text/plain); srt: SubRip (text/plain); "
     "vtt: WebVTT (text/vtt)"
 )

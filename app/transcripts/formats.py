@@ -65,13 +65,12 @@ class Usage(msgspec.Struct):
 
 
 class JsonTranscription(msgspec.Struct, omit_defaults=True):
-    """``json`` (and the answer when `response_format` is absent): Reflector's shape
-    ``{text, words, filename}`` plus `usage`; words carry `speaker` when diarized."""
+    """``json`` (and the answer when `response_format` is absent): exactly Reflector's shape
+    ``{text, words, filename}``; words carry `speaker` when diarized."""
 
     text: str
     words: list[OutWord]
     filename: str | None = None
-    usage: Usage | None = None
 
 
 class VerboseTranscription(msgspec.Struct, omit_defaults=True):
@@ -179,7 +178,7 @@ def json_body(
     """
     usage = Usage(seconds=transcript.duration)
     if response_format == "json":
-        return JsonTranscription(transcript.text, out_words(transcript, speakers), filename, usage)
+        return JsonTranscription(transcript.text, out_words(transcript, speakers), filename)
     if response_format == "verbose_json":
         wanted = set(granularities)
         return VerboseTranscription(

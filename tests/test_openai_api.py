@@ -169,6 +169,13 @@ def test_bad_fields_are_400(client: httpx.Client, sample_wav: Path, fields: dict
     assert response.status_code == 400 and phrase in response.json()["detail"]
 
 
+def test_a_failure_while_diarizing_keeps_its_status(client: httpx.Client) -> None:
+    files = {"file": ("junk.wav", b"RIFF" + bytes(2000), "audio/wav")}
+    response = client.post("/v1/audio/transcriptions", files=files, data={"diarize": "true"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == response.json()["detail"]
+
+
 def test_prompt_and_temperature_are_accepted(sdk: openai.OpenAI, sample_wav: Path) -> None:
     result = transcribe(sdk, sample_wav, response_format="verbose_json", prompt="Hello, Diane.", temperature=0.2)
     assert isinstance(result, TranscriptionVerbose) and result.language == "en"  # tiny.en, language detected

@@ -91,8 +91,10 @@ class UrlTranscription(msgspec.Struct, omit_defaults=True):
     segments: list[OutSegment] | None = None
 
 
-def _flag(value: str | None, name: str) -> bool:
-    if value is None or value == "":
+def _flag(form, name: str) -> bool:
+    """The boolean form field `name` (absent or empty: false); BadRequest for another word."""
+    value = form.get(name)
+    if not isinstance(value, str) or value == "":
         return False
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes", "on"):
@@ -155,9 +157,12 @@ async def _transcribe(
     if not diarize:
         return await whisper, None
     diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset)
-    async with asyncio.TaskGroup() as group:
-        transcript = group.create_task(whisper)
-        diarization = group.create_task(client.call(settings, "diarizer", diarize_request, Diarization))
+    try:
+        async with asyncio.TaskGroup() as group:
+            transcript = group.create_task(whisper)
+            diarization = group.create_task(client.call(settings, "diarizer", diarize_request, Diarization))
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
     return transcript.result(), attribute(transcript.result(), diarization.result().diarization)
 
 
@@ -191,11 +196,9 @@ def _upload_options(form, task: Task) -> _UploadOptions:
         temperature = math.nan
     if not 0.0 <= temperature <= 1.0:
         raise BadRequest(f"temperature must be a number between 0 and 1 (got {temperature_field[:30]!r})")
-    stream = form.get("stream")
-    if _flag(stream if isinstance(stream, str) else None, "stream"):
+    if _flag(form, "stream"):
         raise BadRequest("stream=true is not supported: ask without stream for the whole transcript")
-    diarize_field = form.get("diarize")
-    diarize = _flag(diarize_field if isinstance(diarize_field, str) else None, "diarize")
+    diarize = _flag(form, "diarize")
     language, prompt = form.get("language"), form.get("prompt")
     return _UploadOptions(
         response_format=response_format,
@@ -215,8 +218,7 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
         raise BadRequest("the multipart form has a field or file name that is not UTF-8") from None
     uploads = [u for u in form.getall("file", []) if isinstance(u, UploadFile)]
     many = [u for u in form.getall("files", []) if isinstance(u, UploadFile)]
-    batch_field = form.get("batch")
-    batch = _flag(batch_field if isinstance(batch_field, str) else None, "batch")
+    batch = _flag(form, "batch")
     if batch and not many:
         raise BadRequest("batch=true needs the audio in 'files'")
     uploads += many

@@ -20,6 +20,8 @@ TlsMode = Literal["auto", "files", "self-signed", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 
 GiB = 1024**3
+DEFAULT_QUEUE_AUDIO_SECONDS = {"cpu": 7200.0, "cuda": 86400.0}
+DEFAULT_WHISPER_BATCH = {"cpu": 2, "cuda": 8}
 IMAGE_CERTS_DIR = Path("/certs")  # the image's mount point, used when it holds server.pem
 _T = TypeVar("_T")
 
@@ -59,8 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_audio_seconds: float = 21600.0
     max_translate_chars: int = 20000
     queue_size: int = 32
+    queue_audio_seconds: float | None = None
     download_timeout: float = 60.0
-    worker_start_timeout: float = 120.0
+    worker_start_timeout: float = 30.0
 
     models_dir: Path = Path("models")
     device: Device = "auto"
@@ -68,13 +71,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cpu_threads: int = 0
     whisper_model: str = "tiny.en"
     whisper_beam_size: int = 5
-    whisper_batch_size: int = 8
+    whisper_batch_size: int | None = None
+    whisper_replicas: int = 1
+    diarization_replicas: int = 1
+    cuda_devices: tuple[int, ...] = ()
     diarization_model: str = "embedded"
     diarization_device: Device | None = None
     diarization_step: float | None = None
     diarization_segmentation_batch_size: int = 32
     diarization_embedding_batch_size: int = 32
     translation_model: str | None = None
+
+    def queue_audio_limit(self, device: str) -> float:
+        """Seconds of queued audio a worker accepts before answering 503:
+        ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS``, else 2 hours on the CPU and 24 on CUDA
+        (what one replica of the default models gets through in about 10 minutes)."""
+        if self.queue_audio_seconds is not None:
+            return self.queue_audio_seconds
+        return DEFAULT_QUEUE_AUDIO_SECONDS[device]
+
+    def whisper_batch(self, device: str) -> int:
+        """30-s pieces per Whisper batch: ``REFLECTOR_GPU_WHISPER_BATCH_SIZE``, else 8 on CUDA
+        and 2 on the CPU (where batching saves no time and short batches let live pieces in
+        sooner; see `app.workers.whisper.recording_lanes`)."""
+        if self.whisper_batch_size is not None:
+            return self.whisper_batch_size
+        return DEFAULT_WHISPER_BATCH[device]
 
     @property
     def run_dir(self) -> Path:
@@ -124,6 +146,13 @@ def _positive_float(value: str) -> float:
     if not number > 0:
         raise ValueError("must be > 0")
     return number
+
+
+def _device_list(value: str) -> tuple[int, ...]:
+    parts = _split(value)
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ValueError("must be comma-separated GPU indexes such as 0,1")
+    return tuple(int(part) for part in parts)
 
 
 def _fraction(value: str) -> float:
@@ -199,6 +228,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_MAX_AUDIO_SECONDS", "max_audio_seconds", _positive_float)
     take("REFLECTOR_GPU_MAX_TRANSLATE_CHARS", "max_translate_chars", _int(1))
     take("REFLECTOR_GPU_QUEUE_SIZE", "queue_size", _int(1))
+    take("REFLECTOR_GPU_QUEUE_AUDIO_SECONDS", "queue_audio_seconds", _positive_float)
     take("REFLECTOR_GPU_DOWNLOAD_TIMEOUT", "download_timeout", _positive_float)
     take("REFLECTOR_GPU_WORKER_START_TIMEOUT", "worker_start_timeout", _positive_float)
     take("REFLECTOR_GPU_MODELS_DIR", "models_dir", Path)
@@ -208,6 +238,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_WHISPER_MODEL", "whisper_model")
     take("REFLECTOR_GPU_WHISPER_BEAM_SIZE", "whisper_beam_size", _int(1))
     take("REFLECTOR_GPU_WHISPER_BATCH_SIZE", "whisper_batch_size", _int(1))
+    take("REFLECTOR_GPU_WHISPER_REPLICAS", "whisper_replicas", _int(1))
+    take("REFLECTOR_GPU_DIARIZATION_REPLICAS", "diarization_replicas", _int(1))
+    take("REFLECTOR_GPU_CUDA_DEVICES", "cuda_devices", _device_list)
     take("REFLECTOR_GPU_DIARIZATION_MODEL", "diarization_model")
     take("REFLECTOR_GPU_DIARIZATION_DEVICE", "diarization_device", _choice("auto", "cpu", "cuda"))
     take("REFLECTOR_GPU_DIARIZATION_STEP", "diarization_step", _fraction)

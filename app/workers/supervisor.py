@@ -2,10 +2,13 @@
 
 The supervisor starts one process per configured engine (``python -m app.workers.server
 KIND``) and Granian serving `app.main:create_app`, then watches them:
+- each engine runs as one or more replicas (``REFLECTOR_GPU_WHISPER_REPLICAS``, ...), each
+  its own process (``python -m app.workers.server KIND INDEX``);
 - a worker that exits is restarted with exponential back-off (1 s doubling to 30 s); the
-  requests it held already got 503 from `app.workers.client`. A worker that fails to load
-  its model (exit status 3) before it was ever ready stops the whole service, since its
-  settings need fixing; ``<run>/<kind>.failed`` tells ``/ready`` a worker is down;
+  requests it held already got 503 from `app.workers.client`, and the other replicas go
+  on. A worker that fails to load its model (exit status 3) before it was ever ready
+  stops the whole service, since its settings need fixing; ``<run>/<kind>-<i>.failed``
+  tells ``/ready`` a replica is down;
 - Granian exiting ends the service with its exit status;
 - SIGTERM or SIGINT stops Granian first (in-flight requests finish within
   `STOP_TIMEOUT_SECONDS`), then the workers;
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from app import tls
 from app.settings import Settings
-from app.workers.registry import WORKERS, socket_path
+from app.workers.registry import WORKERS, failed_marker, socket_path
 
 log = logging.getLogger("app.supervisor")
 
@@ -47,6 +50,8 @@ class Child:
 
     name: str
     argv: list[str]
+    kind: str = ""
+    replica: int = 0
     process: subprocess.Popen | None = None
     ready_once: bool = False
     backoff: float = 1.0
@@ -95,9 +100,10 @@ class Supervisor:
         self.serving: tls.TlsFiles | None = None
         self.stopping = False
         self.workers = [
-            Child(w.kind, [sys.executable, "-m", "app.workers.server", w.kind])
+            Child(f"{w.kind}-{i}", [sys.executable, "-m", "app.workers.server", w.kind, str(i)], w.kind, i)
             for w in WORKERS
             if w.configured(settings)
+            for i in range(w.replicas(settings))
         ]
         self.granian: Child | None = None
         self._cert_stamp: tuple | None = None
@@ -153,7 +159,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for worker in self.workers:
-            (self.settings.run_dir / f"{worker.name}.failed").unlink(missing_ok=True)
+            failed_marker(self.settings, worker.kind, worker.replica).unlink(missing_ok=True)
             worker.start()
         self.granian = Child("granian", self.granian_argv())
         self.granian.start()
@@ -190,17 +196,18 @@ class Supervisor:
 
     def _watch_worker(self, worker: Child, now: float) -> int | None:
         process = worker.process
-        failed_marker = self.settings.run_dir / f"{worker.name}.failed"
+        marker = failed_marker(self.settings, worker.kind, worker.replica)
+        socket = socket_path(self.settings, worker.kind, worker.replica)
         if process is None:
             if now >= worker.restart_at:
                 worker.start()
             return None
         code = process.poll()
         if code is None:
-            if not worker.ready_once and socket_path(self.settings, worker.name).exists():
+            if not worker.ready_once and socket.exists():
                 worker.ready_once = True
                 worker.backoff = 1.0
-                failed_marker.unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
             return None
         if code == MODEL_LOAD_FAILED and not worker.ready_once:
             log.error("the %s worker could not load its model (see above); fix its settings", worker.name)
@@ -210,8 +217,8 @@ class Supervisor:
             "the %s worker exited with status %s; restart %d in %.0f s",
             worker.name, code, worker.restarts, worker.backoff,
         )
-        failed_marker.write_text(f"exited with status {code}\n")
-        socket_path(self.settings, worker.name).unlink(missing_ok=True)
+        marker.write_text(f"exited with status {code}\n")
+        socket.unlink(missing_ok=True)
         worker.process = None
         worker.ready_once = False
         worker.restart_at = now + worker.backoff

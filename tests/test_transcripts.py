@@ -141,3 +141,11 @@ def test_empty_transcript_gives_empty_subtitles() -> None:
     assert list(srt.parse(srt_body(empty))) == []
     assert webvtt.from_buffer(io.StringIO(vtt_body(empty))).captions == []
     assert msgspec.to_builtins(json_body(empty, "verbose_json", granularities=["word"]))["words"] == []
+
+
+def test_model_names_for_a_client() -> None:
+    from app.routes.models import model_names
+
+    assert model_names("tiny.en") == ["whisper-1", "tiny.en"]
+    assert model_names("/models/faster-whisper-large-v3") == ["whisper-1", "faster-whisper-large-v3"]
+    assert model_names("whisper-1") == ["whisper-1"]

@@ -3,12 +3,13 @@
 OpenAI's shape: ``{"object": "list", "data": [{"id", "object": "model", "created",
 "owned_by"}, ...]}``. The Whisper worker's model is listed as ``whisper-1`` (OpenAI's name,
 which Reflector and most clients send) and under its own name (``tiny.en``, ``base``, the
-last part of a directory path, or a hub name), once its worker answers a ping. A `model`
+last part of a directory path, or a hub name), once one of its replicas answers a ping. A `model`
 in a request that names neither is accepted and ignored (one model is loaded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import PurePath
@@ -19,6 +20,7 @@ from litestar import get
 
 from app.settings import Settings
 from app.workers import client
+from app.workers.registry import spec
 
 log = logging.getLogger("app.http")
 
@@ -58,7 +60,9 @@ def check_model(settings: Settings, name: str | None) -> None:
 @get("/v1/models", name="models", cache=False)
 async def models(settings: Settings) -> ModelList:
     """The loaded transcription model under every name it answers to (empty while loading)."""
-    pong = await client.ping(settings, "whisper")
+    replicas = spec("whisper").replicas(settings)
+    pongs = await asyncio.gather(*(client.ping(settings, "whisper", i) for i in range(replicas)))
+    pong = next((p for p in pongs if p is not None), None)
     if pong is None:
         return ModelList(data=[])
     return ModelList(data=[Model(id=name, created=STARTED) for name in model_names(pong.model)])

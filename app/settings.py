@@ -9,6 +9,7 @@ seconds. The README's "Settings" table documents each variable.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ Device = Literal["auto", "cpu", "cuda"]
 GiB = 1024**3
 DEFAULT_QUEUE_AUDIO_SECONDS = {"cpu": 7200.0, "cuda": 86400.0}
 DEFAULT_WHISPER_BATCH = {"cpu": 2, "cuda": 8}
+MAX_PORT = 65535  # TCP ports are 16-bit
 IMAGE_CERTS_DIR = Path("/certs")  # the image's mount point, used when it holds server.pem
 _T = TypeVar("_T")
 
@@ -38,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Typed, validated configuration of one service instance.
 
     Derived paths: `run_dir` (worker Unix sockets), `tmp_dir` (uploads and downloads in
-    flight, deleted when their request ends), `cert_dir` (the generated self-signed pair).
+    flight, deleted when their request ends), `process_tmp_dir` (the children's ``TMPDIR``), `cert_dir` (the generated self-signed pair).
     """
 
     apikey: str | None = None
@@ -107,6 +109,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.state_dir / "tmp"
 
     @property
+    def process_tmp_dir(self) -> Path:
+        """Every child process's ``TMPDIR`` (onnxruntime's files, spooled uploads): under `tmp_dir`."""
+        return self.tmp_dir / "processes"
+
+    @property
     def cert_dir(self) -> Path:
         return self.state_dir / "tls"
 
@@ -125,7 +132,7 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(value)
@@ -133,16 +140,26 @@ def _int(minimum: int) -> Callable[[str], int]:
             raise ValueError("must be a whole number") from None
         if number < minimum:
             raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be <= {maximum}")
         return number
 
     return parse
 
 
-def _positive_float(value: str) -> float:
+def _finite_float(value: str) -> float:
+    """A float that is a real number (``inf`` and ``nan`` parse as floats but are no limit)."""
     try:
         number = float(value)
     except ValueError:
         raise ValueError("must be a number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = _finite_float(value)
     if not number > 0:
         raise ValueError("must be > 0")
     return number
@@ -156,7 +173,7 @@ def _device_list(value: str) -> tuple[int, ...]:
 
 
 def _fraction(value: str) -> float:
-    number = float(value)
+    number = _finite_float(value)
     if not 0 < number <= 1:
         raise ValueError("must be > 0 and <= 1")
     return number
@@ -212,7 +229,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_APIKEY", "apikey")
     take("HF_TOKEN", "hf_token")
     take("REFLECTOR_GPU_HOST", "host")
-    take("REFLECTOR_GPU_PORT", "port", _int(1))
+    take("REFLECTOR_GPU_PORT", "port", _int(1, MAX_PORT))
     take("REFLECTOR_GPU_DOMAIN", "domains", lambda v: tuple(_split(v)))
     take("REFLECTOR_GPU_TLS", "tls", _choice("auto", "files", "self-signed", "off"))
     take("REFLECTOR_GPU_TLS_CERT", "tls_cert", _existing_file)

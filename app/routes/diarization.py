@@ -13,11 +13,11 @@ from litestar import Request, post
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest
-from app.routes import check_offset
 from app.routes.disconnect import while_connected
+from app.schemas import TimestampOffsetQuery, Turn, public_turns
 from app.settings import Settings
 from app.workers import client
-from app.workers.diarizer import Diarization, DiarizeRequest, Turn
+from app.workers.diarizer import Diarization, DiarizeRequest
 
 
 class DiarizationResult(msgspec.Struct):
@@ -27,12 +27,11 @@ class DiarizationResult(msgspec.Struct):
 
 
 @post("/diarize", name="diarize", status_code=200)
-async def diarize(request: Request, settings: Settings, audio_file_url: str, timestamp: float = 0.0) -> DiarizationResult:
+async def diarize(request: Request, settings: Settings, audio_file_url: str, timestamp: TimestampOffsetQuery = 0.0) -> DiarizationResult:
     """Download ``audio_file_url`` and diarize it; every time is shifted by ``timestamp`` seconds."""
     url = audio_file_url.strip()
     if not url:
         raise BadRequest("audio_file_url is empty")
-    check_offset(timestamp, "timestamp")
 
     async def work() -> Diarization:
         async with downloaded(settings, url) as path:
@@ -40,4 +39,4 @@ async def diarize(request: Request, settings: Settings, audio_file_url: str, tim
 
     result = await while_connected(request, work())
     request.state.audio_seconds = result.duration
-    return DiarizationResult(diarization=result.diarization)
+    return DiarizationResult(diarization=public_turns(result.diarization))

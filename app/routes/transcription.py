@@ -29,10 +29,11 @@ from litestar.datastructures import UploadFile
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
-from app.routes import JSON_BODY_LIMIT_BYTES, check_language, check_offset
+from app.routes import JSON_BODY_LIMIT_BYTES, check_language
 from app.routes.disconnect import while_connected
 from app.routes.forms import BINARY, documented_operation, field
 from app.routes.models import OPENAI_ALIAS, check_model
+from app.schemas import SpokenLanguage, TimestampOffset, Url
 from app.settings import Settings
 from app.transcripts.formats import (
     RESPONSE_FORMATS,
@@ -72,10 +73,10 @@ class UrlTranscriptionRequest(msgspec.Struct):
     `speaker` and add `segments` cut where the speaker changes.
     """
 
-    audio_file_url: str
+    audio_file_url: Url
     model: str | None = None
-    language: str | None = None
-    timestamp_offset: float = 0.0
+    language: SpokenLanguage | None = None
+    timestamp_offset: TimestampOffset = 0.0
     batch: bool = False
     diarize: bool = False
 
@@ -386,13 +387,12 @@ async def transcriptions_from_url(
     if not data.audio_file_url.strip():
         raise BadRequest("audio_file_url is empty")
     language = _language(data.language)
-    offset = check_offset(data.timestamp_offset)
     check_model(settings, data.model)
 
     async def work() -> tuple[Transcript, Attributed | None]:
         async with downloaded(settings, data.audio_file_url.strip()) as path:
             whisper_request = TranscribeRequest(
-                path=str(path), language=language, timestamp_offset=offset, priority="recording"
+                path=str(path), language=language, timestamp_offset=data.timestamp_offset, priority="recording"
             )
             return await _transcribe(settings, whisper_request, data.diarize)
 

@@ -19,9 +19,9 @@ from typing import Any, TypeVar, Union
 
 import msgspec
 
-from app.errors import Unavailable, from_failure
+from app.errors import Unavailable, WorkerReplyInvalid, from_failure
 from app.settings import Settings
-from app.workers.protocol import Accepted, Failure, Ping, Pong, encode_frame, read_frame
+from app.workers.protocol import Accepted, Failure, FrameTooLarge, Ping, Pong, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
 
 _R = TypeVar("_R", bound=msgspec.Struct)
@@ -88,6 +88,8 @@ async def call(settings: Settings, kind: str, request: msgspec.Struct, result_ty
                     reply = None if body is None else decoder.decode(body)
         except (ConnectionError, BrokenPipeError):
             reply = None
+        except (FrameTooLarge, msgspec.DecodeError) as exc:
+            raise WorkerReplyInvalid(f"the {kind} worker sent a reply this server cannot read ({exc}); retry") from None
         finally:
             writer.close()
         if reply is not None:
@@ -114,8 +116,11 @@ async def ping(settings: Settings, kind: str, replica: int = 0, timeout: float =
                 body = await read_frame(reader)
             finally:
                 writer.close()
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, FrameTooLarge):
         return None
     if body is None:
         return None
-    return msgspec.msgpack.decode(body, type=Pong)
+    try:
+        return msgspec.msgpack.decode(body, type=Pong)
+    except msgspec.DecodeError:
+        return None

@@ -62,6 +62,10 @@ class Failure(msgspec.Struct, tag="failure", frozen=True):
     retry_after: int | None = None
 
 
+class FrameTooLarge(ValueError):
+    """A frame's length prefix is over `MAX_FRAME_BYTES` (a corrupt stream or a runaway reply)."""
+
+
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -74,7 +78,7 @@ def encode_frame(message: msgspec.Struct) -> bytes:
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
     """Read one frame's body; None when the peer closed the connection first.
 
-    Raises `ValueError` for a frame over `MAX_FRAME_BYTES`.
+    Raises `FrameTooLarge` (a `ValueError`) for a frame over `MAX_FRAME_BYTES`.
     """
     try:
         header = await reader.readexactly(_LENGTH.size)
@@ -82,7 +86,7 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return None
     (length,) = _LENGTH.unpack(header)
     if length > MAX_FRAME_BYTES:
-        raise ValueError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+        raise FrameTooLarge(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:

@@ -6,10 +6,13 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
   its own process (``python -m app.workers.server KIND INDEX``);
 - a worker that exits is restarted with exponential back-off (1 s doubling to 30 s); the
   requests it held already got 503 from `app.workers.client`, and the other replicas go
-  on. A worker that fails to load its model (exit status 3) before it was ever ready
-  stops the whole service, since its settings need fixing; ``<run>/<kind>-<i>.failed``
-  tells ``/ready`` a replica is down;
+  on. A worker that fails to load its model (exit status 3) at start stops the whole
+  service, since its settings need fixing; one that fails to reload after a crash is
+  retried with the same back-off; ``<run>/<kind>-<i>.failed`` tells ``/ready`` a replica
+  is down;
 - Granian exiting ends the service with its exit status;
+- as PID 1 (in a container) it also reaps every orphaned process re-parented to it;
+- every child gets ``TMPDIR=<state>/tmp/processes``, so nothing lands in the system temp dir;
 - SIGTERM or SIGINT stops Granian first (in-flight requests finish within
   `STOP_TIMEOUT_SECONDS`), then the workers;
 - certificate files an operator provides are polled; a changed pair is validated
@@ -58,6 +61,9 @@ class Child:
     restart_at: float = 0.0
     restarts: int = 0
 
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
+
     def start(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops
         # everything in order, and a stop can signal Granian together with its forked workers.
@@ -83,6 +89,30 @@ def _die_with_parent() -> None:
         pass
 
 
+def reap_orphans(children: list[subprocess.Popen]) -> list[int]:
+    """Reap every exited child process that is not one of `children`; returns their pids.
+
+    As PID 1 in a container (or as a child subreaper) the supervisor inherits every orphaned
+    process (a grandchild whose parent died: an FFmpeg helper, a Granian worker); unreaped
+    they stay zombies. An exited child of `children` is collected by its own `Popen.poll`,
+    so its exit status is kept for the supervisor. Never blocks.
+    """
+    known = {child.pid: child for child in children}
+    reaped = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if info is None:
+            return reaped
+        if info.si_pid in known:
+            known.pop(info.si_pid).poll()
+            continue
+        os.waitpid(info.si_pid, 0)
+        reaped.append(info.si_pid)
+
+
 def _file_stamp(path: Path) -> tuple[int, int] | None:
     try:
         stat = path.stat()
@@ -106,6 +136,7 @@ class Supervisor:
             for i in range(w.replicas(settings))
         ]
         self.granian: Child | None = None
+        self.is_init = os.getpid() == 1  # a container's PID 1 inherits every orphan: reap them
         self._cert_stamp: tuple | None = None
         self._next_cert_poll = 0.0
 
@@ -115,6 +146,10 @@ class Supervisor:
             shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.settings.run_dir, 0o700)
+        # Every child inherits it: nothing a worker or Granian writes to "the temp dir"
+        # (onnxruntime's .ses file, Litestar's spooled uploads) lands in the system's.
+        self.settings.process_tmp_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["TMPDIR"] = str(self.settings.process_tmp_dir.resolve())
 
     def _install_certificate(self) -> None:
         """Copy the validated pair into the run directory; Granian only ever reads these copies."""
@@ -189,6 +224,10 @@ class Supervisor:
             status = self._watch_worker(worker, now)
             if status is not None:
                 return status
+        if self.is_init:
+            children = [self.granian, *self.workers]
+            for pid in reap_orphans([c.process for c in children if c is not None and c.process is not None]):
+                log.debug("reaped orphan process %d", pid)
         if self.source is not None and now >= self._next_cert_poll:
             self._next_cert_poll = now + CERT_POLL_SECONDS
             self._check_certificate()
@@ -209,7 +248,9 @@ class Supervisor:
                 worker.backoff = 1.0
                 marker.unlink(missing_ok=True)
             return None
-        if code == MODEL_LOAD_FAILED and not worker.ready_once:
+        if code == MODEL_LOAD_FAILED and not worker.ready_once and worker.restarts == 0:
+            # At start only: the settings need fixing. After a crash, a failed reload (a GPU
+            # still held, say) is retried with back-off like any other exit.
             log.error("the %s worker could not load its model (see above); fix its settings", worker.name)
             return MODEL_LOAD_FAILED
         worker.restarts += 1
@@ -243,9 +284,12 @@ class Supervisor:
 
     # -- stopping ---------------------------------------------------------------------
     def _stop_all(self) -> None:
-        children = [c for c in [self.granian, *self.workers] if c is not None and c.process is not None]
+        def running(children: list[Child | None]) -> list[Child]:
+            return [c for c in children if c is not None and c.process is not None]
+
         # Granian first, so in-flight requests can still reach the workers while they finish.
-        for group, grace in ((children[:1], STOP_TIMEOUT_SECONDS), (children[1:], WORKER_STOP_SECONDS)):
+        stages = ((running([self.granian]), STOP_TIMEOUT_SECONDS), (running(self.workers), WORKER_STOP_SECONDS))
+        for group, grace in stages:
             for child in group:
                 if child.process.poll() is None:
                     child.signal_group(signal.SIGTERM)

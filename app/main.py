@@ -88,7 +88,7 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
         messages.append(f"{'body' if key == 'data' else key}: {message}")
     detail = "invalid request: " + ("; ".join(messages) if messages else str(exc.detail))
     _note_error(request, detail)
-    return _json_error(400, detail, errors=problems)
+    return _json_error(400, detail, errors=problems, **_openai_error(request, 400, detail))
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:
@@ -101,7 +101,7 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
     elif isinstance(exc.__context__, ParserLimitReached):  # Litestar sends the part limit as 400
         status, detail = 413, "too many multipart fields"
     _note_error(request, detail)
-    return _json_error(status, detail, exc.headers)
+    return _json_error(status, detail, exc.headers, **_openai_error(request, status, detail))
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:

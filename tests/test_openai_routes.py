@@ -93,6 +93,8 @@ def test_text_formats_and_their_media_types(app_client, workers) -> None:
     assert several.status_code == 400 and "answers one file" in several.json()["detail"]
     refused = upload(app_client, "/v1/audio/translations", response_format="diarized_json")
     assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+    invalid = app_client.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": 3})
+    assert invalid.status_code == 400 and invalid.json()["error"]["message"] == invalid.json()["detail"]
 
 
 def test_models_lists_the_workers_model(app_client, workers) -> None:

@@ -318,7 +318,7 @@ def test_translations_into_english(base_service: Service, speech: dict[str, Path
         result = sdk.audio.translations.create(file=audio, model="whisper-1", response_format="verbose_json")
     print(f"{language} -> en: {result.text}")
     assert isinstance(result, TranslationVerbose)
-    assert result.model_dump()["task"] == "translate" and result.segments
+    assert result.model_dump()["task"] == "translate" and result.language == "en" and result.segments
     words = set(normalise(result.text).split())
     assert len(words & ENGLISH) >= 2 and not words & SOURCE_ONLY[language]
     if language == "de":

@@ -38,6 +38,7 @@ def test_uploads_pass_the_openai_fields_to_whisper(app_client, workers) -> None:
     assert upload(app_client, language="fr").status_code == 200
     translated = upload(app_client, "/v1/audio/translations", response_format="verbose_json")
     assert translated.status_code == 200 and translated.json()["task"] == "translate"
+    assert translated.json()["language"] == "en"  # the output language, as OpenAI reports it
     first, auto, french, translation = whisper.requests
     assert (first.prompt, first.temperature, first.language, first.task) == ("Names: Diane.", 0.4, None, "transcribe")
     assert (auto.language, french.language) == (None, "fr")

@@ -74,7 +74,8 @@ class JsonTranscription(msgspec.Struct, omit_defaults=True):
 
 
 class VerboseTranscription(msgspec.Struct, omit_defaults=True):
-    """``verbose_json``: OpenAI's fields (`task`, `language` as a code such as ``en``,
+    """``verbose_json``: OpenAI's fields (`task`, `language` as a code such as ``en``: the
+    language spoken, or ``en`` for a translation, as OpenAI reports the output language;
     `duration` in seconds, `text`, `segments` unless only word timestamps were asked for,
     `words` unless only segment timestamps were asked for), Reflector's `filename`, `usage`."""
 
@@ -183,7 +184,7 @@ def json_body(
         wanted = set(granularities)
         return VerboseTranscription(
             task=task,
-            language=transcript.language,
+            language="en" if task == "translate" else transcript.language,
             duration=transcript.duration,
             text=transcript.text,
             segments=out_segments(transcript, speakers) if not wanted or "segment" in wanted else None,

@@ -36,6 +36,7 @@ cert: $(STAMP)
 
 bench: models
 	$(PY) bench/transcription.py
+	$(PY) bench/concurrency.py
 	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
 

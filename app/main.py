@@ -24,7 +24,7 @@ from app.errors import ServiceError
 from app.logs import setup_logging
 from app.middleware import AccessLog, HeadAsGet, RequestBody
 from app.request_id import RequestIdMiddleware
-from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, transcription, translation
+from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -34,10 +34,13 @@ ROUTES = [
     health.ready,
     transcription.transcriptions,
     transcription.transcriptions_from_url,
+    transcription.translations,
+    models.models,
     diarization.diarize,
     translation.translate,
     audio.pad,
     audio.mixdown,
+    audio.mixdown_v1,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 
@@ -51,6 +54,14 @@ def _note_error(request: Request, detail: str) -> None:
     request.scope.setdefault("state", {})["error"] = detail[:300]
 
 
+def _openai_error(request: Request, status: int, detail: str) -> dict[str, object]:
+    """Under ``/v1/``, OpenAI's ``error`` object beside ``detail``, so the OpenAI SDKs show the reason."""
+    if not request.url.path.startswith("/v1/"):
+        return {}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": detail, "type": kind, "param": None, "code": None}}
+
+
 def handle_service_error(request: Request, exc: ServiceError) -> Response:
     _note_error(request, exc.detail)
     headers = {}
@@ -58,7 +69,7 @@ def handle_service_error(request: Request, exc: ServiceError) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    return _json_error(exc.status, exc.detail, headers)
+    return _json_error(exc.status, exc.detail, headers, **_openai_error(request, exc.status, exc.detail))
 
 
 def _has_no_body(request: Request) -> bool:
@@ -78,7 +89,7 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
         messages.append(f"{'body' if key == 'data' else key}: {message}")
     detail = "invalid request: " + ("; ".join(messages) if messages else str(exc.detail))
     _note_error(request, detail)
-    return _json_error(400, detail, errors=problems)
+    return _json_error(400, detail, errors=problems, **_openai_error(request, 400, detail))
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:
@@ -91,7 +102,7 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
     elif isinstance(exc.__context__, ParserLimitReached):  # Litestar sends the part limit as 400
         status, detail = 413, "too many multipart fields"
     _note_error(request, detail)
-    return _json_error(status, detail, exc.headers)
+    return _json_error(status, detail, exc.headers, **_openai_error(request, status, detail))
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
@@ -135,6 +146,7 @@ def build_app(settings: Settings | None = None) -> Litestar:
             title="Reflector GPU host",
             version="0.1.0",
             path=DOCS_PATH,
+            use_handler_docstrings=True,
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,

@@ -35,6 +35,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.workers.devices import nice_this_thread
+
 log = logging.getLogger("app.worker.scheduler")
 
 Priority = Literal["live", "recording"]
@@ -104,9 +106,13 @@ class Scheduler:
         batch_size: int,
         lanes: int = 1,
         live_lane: bool = True,
+        live_run_batch: Callable[[Sequence[Piece]], Sequence[Any]] | None = None,
+        lane_nice: int = 0,
         name: str = "scheduler",
     ) -> None:
         self.run_batch = run_batch
+        self.live_run_batch = live_run_batch or run_batch
+        self.lane_nice = lane_nice
         self.finish = finish
         self.batch_size = batch_size
         self._lock = threading.Condition()
@@ -182,6 +188,8 @@ class Scheduler:
 
     # -- lanes -------------------------------------------------------------------------
     def _lane(self, live_only: bool) -> None:
+        if not live_only:
+            nice_this_thread(self.lane_nice)
         while True:
             with self._lock:
                 batch = self._take(live_only)
@@ -192,7 +200,7 @@ class Scheduler:
                     batch = self._take(live_only)
                 if not batch:
                     return
-            self._run(batch)
+            self._run(batch, self.live_run_batch if live_only else self.run_batch)
 
     def _limit(self, live_only: bool) -> int:
         """Pieces the next batch may take: `batch_size`, shared out when several general
@@ -256,14 +264,14 @@ class Scheduler:
             if job in queue:
                 queue.remove(job)
 
-    def _run(self, batch: list[Piece]) -> None:
+    def _run(self, batch: list[Piece], run_batch: Callable[[Sequence[Piece]], Sequence[Any]]) -> None:
         live = [piece for piece in batch if not piece.job.cancelled]
         started = time.monotonic()
         error: BaseException | None = None
         outputs: Sequence[Any] = ()
         if live:
             try:
-                outputs = self.run_batch(live)
+                outputs = run_batch(live)
             except BaseException as exc:  # noqa: BLE001 - handed to the jobs' futures
                 error = exc
         elapsed = time.monotonic() - started

@@ -8,8 +8,10 @@ most 30 s each). The scheduler keeps every job's pending pieces and runs batches
   recordings in turn, one piece per recording per round, so a 6-hour file does not hold a
   10-minute one for its whole length;
 - the **live lane** (when `live_lane` is on) takes only live pieces, so a live piece never
-  waits for a running batch of recording pieces: CTranslate2 runs two batches at once on
-  one loaded model (``inter_threads``/faster-whisper's ``num_workers`` = 2).
+  waits for a running batch of recording pieces (CTranslate2 runs batches at once on one
+  loaded model: ``inter_threads``, faster-whisper's ``num_workers``). It calls
+  `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
+  lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
 
 A batch holds at most `batch_size` pieces that share one compatibility key (for Whisper:
 language, task and decoding options); pieces of one job keep their order within a batch

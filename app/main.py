@@ -18,12 +18,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp
 from multipart import ParserLimitReached
 
-from app import settings as settings_module
+from app import metrics, settings as settings_module
 from app.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
 from app.middleware import AccessLog, HeadAsGet, RequestBody
-from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, transcription, translation
+from app.request_id import RequestIdMiddleware
+from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -33,10 +34,13 @@ ROUTES = [
     health.ready,
     transcription.transcriptions,
     transcription.transcriptions_from_url,
+    transcription.translations,
+    models.models,
     diarization.diarize,
     translation.translate,
     audio.pad,
     audio.mixdown,
+    audio.mixdown_v1,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 
@@ -50,6 +54,14 @@ def _note_error(request: Request, detail: str) -> None:
     request.scope.setdefault("state", {})["error"] = detail[:300]
 
 
+def _openai_error(request: Request, status: int, detail: str) -> dict[str, object]:
+    """Under ``/v1/``, OpenAI's ``error`` object beside ``detail``, so the OpenAI SDKs show the reason."""
+    if not request.url.path.startswith("/v1/"):
+        return {}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": detail, "type": kind, "param": None, "code": None}}
+
+
 def handle_service_error(request: Request, exc: ServiceError) -> Response:
     _note_error(request, exc.detail)
     headers = {}
@@ -57,7 +69,7 @@ def handle_service_error(request: Request, exc: ServiceError) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    return _json_error(exc.status, exc.detail, headers)
+    return _json_error(exc.status, exc.detail, headers, **_openai_error(request, exc.status, exc.detail))
 
 
 def _has_no_body(request: Request) -> bool:
@@ -77,7 +89,7 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
         messages.append(f"{'body' if key == 'data' else key}: {message}")
     detail = "invalid request: " + ("; ".join(messages) if messages else str(exc.detail))
     _note_error(request, detail)
-    return _json_error(400, detail, errors=problems)
+    return _json_error(400, detail, errors=problems, **_openai_error(request, 400, detail))
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:
@@ -90,7 +102,7 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
     elif isinstance(exc.__context__, ParserLimitReached):  # Litestar sends the part limit as 400
         status, detail = 413, "too many multipart fields"
     _note_error(request, detail)
-    return _json_error(status, detail, exc.headers)
+    return _json_error(status, detail, exc.headers, **_openai_error(request, status, detail))
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
@@ -102,9 +114,11 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
-    """The ASGI application Granian serves: `build_app` inside the middlewares of
-    `app.middleware`, outermost first: access log, HEAD as GET, request body."""
-    return AccessLog(HeadAsGet(RequestBody(build_app(settings))))
+    """The ASGI application Granian serves: `build_app` inside the middlewares, outermost
+    first: request id (`app.request_id`, so the access line carries it), access log, HEAD as
+    GET (`app.middleware`), metrics (`app.metrics`, inside HEAD as GET so that it sees the
+    route Litestar matched), request body."""
+    return RequestIdMiddleware(AccessLog(HeadAsGet(metrics.MetricsMiddleware(RequestBody(build_app(settings))))))
 
 
 def _provide_settings(state: State) -> Settings:
@@ -116,10 +130,10 @@ def _provide_settings(state: State) -> Settings:
 def build_app(settings: Settings | None = None) -> Litestar:
     """The Litestar application for `settings` (read from the environment when None)."""
     settings = settings or settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *metrics.routes(settings)],
         guards=[require_api_key],
         dependencies={"settings": Provide(_provide_settings, use_cache=True, sync_to_thread=False)},
         exception_handlers={
@@ -132,6 +146,7 @@ def build_app(settings: Settings | None = None) -> Litestar:
             title="Reflector GPU host",
             version="0.1.0",
             path=DOCS_PATH,
+            use_handler_docstrings=True,
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,

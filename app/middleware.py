@@ -3,7 +3,8 @@
 One class per job, outermost first as `app.main.create_app` stacks them:
 
 - `AccessLog`: one structured line per request: method, path (never the query string),
-  status, milliseconds, audio seconds, and an error's detail;
+  status, milliseconds, audio seconds, the API key's name (never the key), and an error's
+  detail;
 - `HeadAsGet`: ``HEAD`` is answered as ``GET`` without the body (HTTP/2 forbids one), so
   every GET route, ``/health`` included, answers HEAD;
 - `RequestBody`: a client that disconnects before its body arrived raises `ClientGone`
@@ -11,9 +12,10 @@ One class per job, outermost first as `app.main.create_app` stacks them:
   Content-Length) first reads and drops up to `DRAIN_LIMIT_BYTES` of it, so a client still
   uploading sees the answer instead of a reset connection (HTTP/2 stream error, broken pipe).
 
-Handlers leave facts for the access line in ``scope["state"]``: ``audio_seconds`` (float)
-``error`` (an error's detail, already free of secrets and transcript text), and ``result``
-(``stored`` or ``attached``: answered from the result store or by a job already running).
+Handlers leave facts for the access line in ``scope["state"]``: ``audio_seconds`` (float),
+``key_name`` (the matching API key's name, set by `app.auth`), ``error`` (an error's
+detail, already free of secrets and transcript text) and ``result`` (``stored`` or
+``attached``: answered from the result store or by a job already running).
 """
 
 from __future__ import annotations
@@ -59,12 +61,13 @@ class AccessLog:
             error = state.get("error")
             result = state.get("result")  # "stored" or "attached" (app.routes.recording)
             access_log.info(
-                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s%s%s",
+                "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s key=%s%s%s",
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
                 "-" if audio is None else f"{audio:.2f}",
+                state.get("key_name", "-"),
                 "" if result is None else f" result={result}",
                 "" if error is None else f" error={error!r}",
             )

@@ -43,6 +43,13 @@ LanguageCode = Annotated[
         description="a language code such as en, yue or zh-TW (empty: the default)",
     ),
 ]
+SpokenLanguage = Annotated[
+    str,
+    Meta(
+        pattern=r"^(auto|[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?)?$",  # LANGUAGE_CODE_PATTERN, auto, or empty
+        description="the language spoken: a code such as en, yue or zh-TW; empty or auto: detected from the audio",
+    ),
+]
 Url = Annotated[str, Meta(max_length=MAX_URL_CHARS, description="an absolute http:// or https:// URL")]
 TrackStart = Annotated[
     float,

@@ -17,14 +17,20 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-TlsMode = Literal["auto", "files", "self-signed", "off"]
+TlsMode = Literal["auto", "files", "self-signed", "acme", "off"]
 Device = Literal["auto", "cpu", "cuda"]
+MetricsAccess = Literal["key", "open", "off"]
+LogFormat = Literal["text", "json"]
 
 GiB = 1024**3
 DEFAULT_QUEUE_AUDIO_SECONDS = {"cpu": 7200.0, "cuda": 86400.0}
 DEFAULT_WHISPER_BATCH = {"cpu": 2, "cuda": 8}
 MAX_PORT = 65535  # TCP ports are 16-bit
 IMAGE_CERTS_DIR = Path("/certs")  # the image's mount point, used when it holds server.pem
+# Let's Encrypt's production directory (https://letsencrypt.org/docs/acme-protocol-updates/);
+# staging, for trials: https://acme-staging-v02.api.letsencrypt.org/directory
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+ACME_HTTP_PORT = 8080  # the plain-HTTP port's default with TLS=acme (the image publishes it as 80)
 _T = TypeVar("_T")
 
 
@@ -40,12 +46,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Typed, validated configuration of one service instance.
 
     Derived paths: `run_dir` (worker Unix sockets), `tmp_dir` (uploads and downloads in
-    flight, deleted when their request ends), `process_tmp_dir` (the children's ``TMPDIR``), `cert_dir` (the generated self-signed pair).
+    flight, deleted when their request ends), `process_tmp_dir` (the children's ``TMPDIR``),
+    `cert_dir` (the generated self-signed pair), `acme_dir` (the ACME account key,
+    certificate and key).
+
+    API keys: `apikeys` from ``REFLECTOR_GPU_APIKEY`` (comma-separated) and the ``name key``
+    lines of `apikeys_file`, re-read when it changes (`app.auth`). `http_port` 0 means no
+    plain-HTTP listener.
     `orphan_seconds`: how long a recording's job goes on after its client left;
     `result_ttl_seconds` / `result_store_bytes`: the result store's bounds (`app.results`).
     """
 
-    apikey: str | None = None
+    apikeys: tuple[str, ...] = ()
+    apikeys_file: Path | None = None
     hf_token: str | None = None
     host: str = "0.0.0.0"
     port: int = 8443
@@ -54,11 +67,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_dir: Path | None = None
+    tls_client_ca: Path | None = None
+    http_port: int = 0
+    acme_directory: str = LETS_ENCRYPT_DIRECTORY
+    acme_email: str | None = None
+    acme_ca: Path | None = None
     state_dir: Path = Path("state")
     extra_ca: tuple[Path, ...] = ()
     open_routes: frozenset[str] = frozenset()
     http_workers: int = 1
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    metrics: MetricsAccess = "key"
 
     max_upload_bytes: int = 1 * GiB
     max_download_bytes: int = 4 * GiB
@@ -68,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue_audio_seconds: float | None = None
     download_timeout: float = 60.0
     worker_start_timeout: float = 30.0
+    worker_hang_seconds: float = 300.0
 
     models_dir: Path = Path("models")
     device: Device = "auto"
@@ -122,6 +143,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def cert_dir(self) -> Path:
         return self.state_dir / "tls"
+
+    @property
+    def acme_dir(self) -> Path:
+        return self.state_dir / "acme"
+
+    @property
+    def auth_required(self) -> bool:
+        """True when any API key is configured (keys from the environment or a keys file)."""
+        return bool(self.apikeys) or self.apikeys_file is not None
 
     @property
     def is_loopback(self) -> bool:
@@ -220,6 +250,45 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
+def _https_url(value: str) -> str:
+    if not value.startswith("https://") or len(value) <= len("https://"):
+        raise ValueError("must be an https:// URL (an ACME directory)")
+    return value
+
+
+def _email(value: str) -> str:
+    if "@" not in value or any(c.isspace() or c == "," for c in value):
+        raise ValueError("must be one e-mail address")
+    return value
+
+
+def _acme_problems(values: dict[str, object]) -> list[str]:
+    """What stops ``REFLECTOR_GPU_TLS=acme``: no names, IPs or wildcards (HTTP-01 can prove
+    neither), no plain-HTTP port. Sets the plain-HTTP port's default for ACME."""
+    problems = []
+    domains = values.get("domains", ())
+    if not domains:
+        problems.append("REFLECTOR_GPU_TLS=acme needs REFLECTOR_GPU_DOMAIN (the DNS names to certify)")
+    for name in domains:  # type: ignore[union-attr]
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if name.startswith("*") or "." not in name.strip("."):
+                problems.append(
+                    f"REFLECTOR_GPU_DOMAIN={name!r}: ACME over HTTP-01 needs a fully qualified DNS name, "
+                    "no wildcard"
+                )
+        else:
+            problems.append(
+                f"REFLECTOR_GPU_DOMAIN={name!r}: REFLECTOR_GPU_TLS=acme certifies DNS names only, not IP "
+                "addresses (use the self-signed certificate or `make cert` for an IP)"
+            )
+    values.setdefault("http_port", ACME_HTTP_PORT)
+    if values["http_port"] == 0:
+        problems.append("REFLECTOR_GPU_TLS=acme needs REFLECTOR_GPU_HTTP_PORT (HTTP-01 validation), not 0")
+    return problems
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``REFLECTOR_GPU_*`` variable (plus ``HF_TOKEN``).
 
@@ -239,20 +308,28 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             problems.append(f"{name}={raw!r}: {exc}")
 
-    take("REFLECTOR_GPU_APIKEY", "apikey")
+    take("REFLECTOR_GPU_APIKEY", "apikeys", lambda v: tuple(_split(v)))
+    take("REFLECTOR_GPU_APIKEYS_FILE", "apikeys_file", _existing_file)
     take("HF_TOKEN", "hf_token")
     take("REFLECTOR_GPU_HOST", "host")
     take("REFLECTOR_GPU_PORT", "port", _int(1, MAX_PORT))
     take("REFLECTOR_GPU_DOMAIN", "domains", lambda v: tuple(_split(v)))
-    take("REFLECTOR_GPU_TLS", "tls", _choice("auto", "files", "self-signed", "off"))
+    take("REFLECTOR_GPU_TLS", "tls", _choice("auto", "files", "self-signed", "acme", "off"))
     take("REFLECTOR_GPU_TLS_CERT", "tls_cert", _existing_file)
     take("REFLECTOR_GPU_TLS_KEY", "tls_key", _existing_file)
     take("REFLECTOR_GPU_TLS_DIR", "tls_dir", _existing_dir)
+    take("REFLECTOR_GPU_TLS_CLIENT_CA", "tls_client_ca", _existing_file)
+    take("REFLECTOR_GPU_HTTP_PORT", "http_port", _int(0, MAX_PORT))
+    take("REFLECTOR_GPU_ACME_DIRECTORY", "acme_directory", _https_url)
+    take("REFLECTOR_GPU_ACME_EMAIL", "acme_email", _email)
+    take("REFLECTOR_GPU_ACME_CA", "acme_ca", _existing_file)
     take("REFLECTOR_GPU_STATE_DIR", "state_dir", Path)
     take("REFLECTOR_GPU_EXTRA_CA", "extra_ca", _existing_files)
     take("REFLECTOR_GPU_OPEN_ROUTES", "open_routes", lambda v: frozenset(p.strip("/").lower() for p in _split(v)))
     take("REFLECTOR_GPU_HTTP_WORKERS", "http_workers", _int(1))
     take("REFLECTOR_GPU_LOG_LEVEL", "log_level", lambda v: _choice("debug", "info", "warning", "error")(v).upper())
+    take("REFLECTOR_GPU_LOG_FORMAT", "log_format", _choice("text", "json"))
+    take("REFLECTOR_GPU_METRICS", "metrics", _choice("key", "open", "off"))
     take("REFLECTOR_GPU_MAX_UPLOAD_BYTES", "max_upload_bytes", _int(1))
     take("REFLECTOR_GPU_MAX_DOWNLOAD_BYTES", "max_download_bytes", _int(1))
     take("REFLECTOR_GPU_MAX_AUDIO_SECONDS", "max_audio_seconds", _positive_float)
@@ -261,6 +338,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_QUEUE_AUDIO_SECONDS", "queue_audio_seconds", _positive_float)
     take("REFLECTOR_GPU_DOWNLOAD_TIMEOUT", "download_timeout", _positive_float)
     take("REFLECTOR_GPU_WORKER_START_TIMEOUT", "worker_start_timeout", _positive_float)
+    take("REFLECTOR_GPU_WORKER_HANG_SECONDS", "worker_hang_seconds", _positive_float)
     take("REFLECTOR_GPU_MODELS_DIR", "models_dir", Path)
     take("REFLECTOR_GPU_DEVICE", "device", _choice("auto", "cpu", "cuda"))
     take("REFLECTOR_GPU_COMPUTE_TYPE", "compute_type", lambda v: v.lower())
@@ -292,6 +370,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "REFLECTOR_GPU_TLS=files needs REFLECTOR_GPU_TLS_CERT and REFLECTOR_GPU_TLS_KEY, "
             "or REFLECTOR_GPU_TLS_DIR"
         )
+    if tls == "off" and "tls_client_ca" in values:
+        problems.append("REFLECTOR_GPU_TLS_CLIENT_CA needs TLS: it cannot be used with REFLECTOR_GPU_TLS=off")
+    if tls == "off":
+        values.pop("http_port", None)  # the main port is plain HTTP: no redirect listener
+    elif tls == "acme":
+        problems += _acme_problems(values)
+    if values.get("http_port") and values.get("http_port") == values.get("port", Settings.port):
+        problems.append("REFLECTOR_GPU_HTTP_PORT must differ from REFLECTOR_GPU_PORT")
     if problems:
         raise SettingsError(problems)
     return Settings(**values)  # type: ignore[arg-type]

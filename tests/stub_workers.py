@@ -134,7 +134,7 @@ def make_settings(state_dir: Path, **overrides: Any) -> Settings:
     """Settings for an in-process test: `state_dir`, the stub key, a 1-s worker start timeout."""
     values: dict[str, Any] = {
         "state_dir": state_dir,
-        "apikey": API_KEY,
+        "apikeys": (API_KEY,),
         "worker_start_timeout": 1.0,
         "models_dir": state_dir / "models",
     }

@@ -1,4 +1,4 @@
-"""``/pad`` and ``/mixdown`` over real HTTPS, with inputs and outputs on a real SeaweedFS."""
+"""``/pad``, ``/mixdown`` and ``/v1/audio/mixdown`` over real HTTPS, with inputs and outputs on a real SeaweedFS."""
 
 from __future__ import annotations
 
@@ -105,6 +105,33 @@ def test_mixdown_rate_of_first_track(client: httpx.Client, seaweed, stored) -> N
     info, _ = decode(seaweed.get("out/mix2.mp3"))
     assert info["rate"] == 22050
     assert response.json()["duration_ms"] == pytest.approx(3000, abs=30)
+
+
+def test_mixdown_v1_reflectors_modal_client_shape(client: httpx.Client, service: Service, seaweed, stored) -> None:
+    """``/v1/audio/mixdown`` as Reflector's ``feature/modal-mixdown`` branch calls it."""
+    body = {
+        "track_urls": [stored["first"], stored["second"]],
+        "output_url": seaweed.presign_put("out/mix-v1.mp3"),
+        "target_sample_rate": 48000,
+        "expected_duration_sec": 3.0,
+    }
+    response = client.post("/v1/audio/mixdown", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert set(data) == {"duration_ms", "tracks_mixed", "audio_uploaded"}
+    assert (data["tracks_mixed"], data["audio_uploaded"]) == (2, True)
+    assert data["duration_ms"] == pytest.approx(3000, abs=30)
+    info, samples = decode(seaweed.get("out/mix-v1.mp3"))
+    assert (info["codec"], info["rate"]) == ("mp3float", 48000)
+    first, second = 0.3 / np.sqrt(2), 0.2 / np.sqrt(2)
+    assert rms(samples[:, int(0.2 * 48000) : int(2.8 * 48000)]) == pytest.approx(np.hypot(first, second), rel=0.1)
+    assert_no_leftovers(service)
+    # Without a rate the mix is 48 kHz (Reflector's default), whatever the tracks' rates.
+    body = {"track_urls": [stored["mono"], ""], "output_url": seaweed.presign_put("out/mix-v1b.mp3")}
+    response = client.post("/v1/audio/mixdown", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["tracks_mixed"] == 1
+    assert decode(seaweed.get("out/mix-v1b.mp3"))[0]["rate"] == 48000
 
 
 def test_inputs_that_are_not_audio(

@@ -271,12 +271,17 @@ def test_the_openapi_document_is_json(app_client) -> None:
 def test_from_url_downloads_then_transcribes_with_the_offset(app_client, workers, stub_settings, audio_server) -> None:
     engine = whisper_stub()
     workers.serve(engine)
-    body = {"audio_file_url": f"{audio_server.url}/sample.wav?X-Amz-Signature=secret", "timestamp_offset": 12.5}
+    url = f"{audio_server.url}/sample.wav?X-Amz-Signature=secret"
+    body = {"audio_file_url": url, "timestamp_offset": 12.5, "language": "en"}
     answer = app_client.post("/v1/audio/transcriptions-from-url", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"text": " en", "words": [{"word": " en", "start": 12.5, "end": 13.0}]}
-    [request] = engine.requests
-    assert request.timestamp_offset == 12.5 and request.path.startswith(str(stub_settings.tmp_dir))
+    for language in (None, "auto", ""):  # omitted, auto or empty: detected by the worker
+        assert app_client.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": url, "language": language}).status_code == 200
+    first, *detected = engine.requests
+    assert first.timestamp_offset == 12.5 and first.path.startswith(str(stub_settings.tmp_dir))
+    # All three ask for detection: one job, then the result store answers (tests/test_recording.py).
+    assert first.priority == "recording" and [r.language for r in detected] == [None]
     assert leftovers(stub_settings) == []  # the download was deleted
 
 

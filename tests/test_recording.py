@@ -116,7 +116,7 @@ def test_a_recording_job_outlives_its_client_and_the_retry_collects_it(workers, 
     assert store is not None
 
     async def scenario() -> None:
-        body = json.dumps({"audio_file_url": f"{audio_server.url}/sample.wav?sig=first"}).encode()
+        body = json.dumps({"audio_file_url": f"{audio_server.url}/sample.wav?sig=first", "language": "en"}).encode()
         assert await _leaving_client(app, body, engine.started) == 499
         release.set()  # the job goes on without its client and is kept
         for _ in range(500):
@@ -128,7 +128,7 @@ def test_a_recording_job_outlives_its_client_and_the_retry_collects_it(workers, 
     asyncio.run(scenario())
     assert cancelled == [False]
     with open_client(stub_settings) as client:
-        retry = client.post(ROUTE, json={"audio_file_url": f"{audio_server.url}/sample.wav?sig=second"})
+        retry = client.post(ROUTE, json={"audio_file_url": f"{audio_server.url}/sample.wav?sig=second", "language": "en"})
     assert retry.status_code == 200 and msgspec.json.decode(retry.content)["text"] == " en"
     assert len(engine.requests) == 1 and leftovers(stub_settings) == []
 

@@ -67,6 +67,23 @@ def test_mixdown_bad_requests(app_client, change: dict, message: str) -> None:
     assert message in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"track_urls": ["", " "]}, "no non-empty URL"),
+        ({"track_urls": [f"{CLOSED}/a"] * 65}, "track_urls: Expected `array` of length <= 64"),
+        ({"output_url": ""}, "output_url is empty"),
+        ({"target_sample_rate": 96000}, "target_sample_rate: Invalid enum value 96000"),
+        ({"expected_duration_sec": -1}, "expected_duration_sec: Expected `float` >= 0"),
+        ({"output_url": "/relative/key"}, "output_url must be an absolute"),
+    ],
+)
+def test_mixdown_v1_bad_requests(app_client, change: dict, message: str) -> None:
+    response = app_client.post("/v1/audio/mixdown", json={**MIX_OK, **change})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+
+
 def test_offsets_too_far_apart(app_client) -> None:
     response = app_client.post("/mixdown", json={**MIX_OK, "offsets_seconds": [-1e9, 0.0]})
     assert response.status_code == 413, response.text

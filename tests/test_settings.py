@@ -17,7 +17,7 @@ def test_defaults_follow_the_decisions() -> None:
     assert (s.host, s.port, s.tls) == ("0.0.0.0", 8443, "auto")
     assert s.max_upload_bytes == 1024**3 and s.max_download_bytes == 4 * 1024**3
     assert s.max_audio_seconds == 21600 and s.max_translate_chars == 20000 and s.queue_size == 32
-    assert s.apikey is None and not s.is_loopback
+    assert s.apikeys == () and not s.auth_required and not s.is_loopback and s.http_port == 0
 
 
 def test_every_bad_value_is_reported_by_name(tmp_path: Path) -> None:

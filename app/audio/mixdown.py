@@ -15,6 +15,7 @@ order: memory does not grow with the tracks' length or their offsets.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def mix_files(
     labels: list[str] | None = None,
     max_seconds: float | None = None,
     cancel: threading.Event | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> MixOutcome:
     """Mix `sources` into an MP3 at `output`; returns its size, duration and rate.
 
@@ -58,7 +60,7 @@ def mix_files(
     with no audio stream or undecodable: FFmpeg's reason), `PayloadTooLarge` (a source
     longer than `max_seconds`), `Unavailable` (cancelled). The caller deletes `output` on
     failure. How far apart the offsets may be is the HTTP route's check (before any
-    download), not repeated here.
+    download), not repeated here. `progress(done_s, total_s)`: see `pipeline.run_graph`.
     """
     if not sources:
         raise BadRequest("no track to mix")
@@ -92,7 +94,7 @@ def mix_files(
                     delay.link_to(amix, 0, index)
                 inputs.append((abuffer, track, delay_samples))
             graph.configure()
-            pipeline.run_graph(graph, inputs, sink, encoder, rate, cancel)
+            pipeline.run_graph(graph, inputs, sink, encoder, rate, cancel, progress)
             size = encoder.finish()
         except BaseException:
             encoder.abort()

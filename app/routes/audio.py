@@ -1,4 +1,6 @@
-"""``POST /pad`` and ``POST /mixdown``: presigned object-store URLs in, presigned PUT out.
+"""``POST /pad``, ``POST /mixdown`` and ``POST /v1/audio/mixdown``: presigned object-store URLs
+in, presigned PUT out. ``/v1/audio/mixdown`` is the shape Reflector's mixdown client (branch
+``feature/modal-mixdown``) calls; it mixes on the same engine as ``/mixdown``.
 
 Each request downloads its inputs into ``<state>/tmp`` (`app.audio.fetch`), has the audio
 worker encode the output next to them (`app.workers.audio`), PUTs the output to
@@ -82,6 +84,26 @@ class MixdownResult(msgspec.Struct):
     cancelled: bool = False
 
 
+class MixdownV1Body(msgspec.Struct):
+    """Body of ``/v1/audio/mixdown``: mix the non-empty `track_urls` from their starts into an
+    MP3 at `target_sample_rate` (Hz) and PUT it to `output_url`. `expected_duration_sec`
+    (s) is accepted and ignored: the mix is as long as its longest track."""
+
+    track_urls: Annotated[list[Url], Meta(max_length=MAX_TRACKS)]
+    output_url: Url
+    target_sample_rate: Mp3Rate = 48000
+    expected_duration_sec: Annotated[float, Meta(ge=0)] | None = None
+
+
+class MixdownV1Result(msgspec.Struct):
+    """`duration_ms`: length of the encoded mix (ms); `tracks_mixed`: tracks in the mix;
+    `audio_uploaded`: true once the PUT succeeded (a failure is an error answer instead)."""
+
+    duration_ms: float
+    tracks_mixed: int
+    audio_uploaded: bool
+
+
 def _output_path(settings: Settings, suffix: str) -> Path:
     """A new empty file in ``<state>/tmp`` for the worker's output."""
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +142,7 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
 
     job = Recording(
         route="pad",
-        kind="audio",
+        kinds=("audio",),
         params={"start_time_seconds": data.start_time_seconds},
         inputs=[(track_url, "track_url")],
         compute=compute,
@@ -141,9 +163,7 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
     ``target_sample_rate`` is not a rate MP3 can carry; 413 when the offsets (negative ones
     are allowed) spread the tracks further apart than ``REFLECTOR_GPU_MAX_AUDIO_SECONDS``.
     """
-    chosen = [(index, url.strip()) for index, url in enumerate(data.track_urls) if url.strip()]
-    if not chosen:
-        raise BadRequest("track_urls holds no non-empty URL")
+    chosen, output_url = _tracks_and_output(data.track_urls, data.output_url)
     offsets = data.offsets_seconds
     if offsets is not None:
         if len(offsets) != len(data.track_urls):
@@ -151,16 +171,43 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
                 f"offsets_seconds has {len(offsets)} values but track_urls has {len(data.track_urls)}; "
                 "give one offset per track"
             )
-    output_url = data.output_url.strip()
-    if not output_url:
-        raise BadRequest("output_url is empty")
-    check_output_url(output_url)
     used = [0.0] if offsets is None else [offsets[index] for index, _ in chosen]
     if max(used) - min(used) > settings.max_audio_seconds:
         raise PayloadTooLarge(
             f"the offsets place tracks {max(used) - min(used):g} s apart, more than the "
             f"{settings.max_audio_seconds:g} s limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
         )
+    size, duration_ms = await _mix(
+        request, settings, chosen, None if offsets is None else used, data.target_sample_rate, output_url
+    )
+    return MixdownResult(size=size, duration_ms=duration_ms)
+
+
+def _tracks_and_output(track_urls: list[str], output_url: str) -> tuple[list[tuple[int, str]], str]:
+    """The non-empty track URLs with their indexes, and the checked output URL (stripped).
+
+    BadRequest when no track URL is left or `output_url` is empty or not http(s)."""
+    chosen = [(index, url.strip()) for index, url in enumerate(track_urls) if url.strip()]
+    if not chosen:
+        raise BadRequest("track_urls holds no non-empty URL")
+    output_url = output_url.strip()
+    if not output_url:
+        raise BadRequest("output_url is empty")
+    check_output_url(output_url)
+    return chosen, output_url
+
+
+async def _mix(
+    request: Request,
+    settings: Settings,
+    chosen: list[tuple[int, str]],
+    offsets: list[float] | None,
+    target_sample_rate: int | None,
+    output_url: str,
+) -> tuple[int, float]:
+    """Download the `chosen` (index, URL) tracks, mix them on the audio worker, PUT the MP3.
+
+    Returns (bytes uploaded, duration in ms)."""
     labels = [f"track {index}" for index, _ in chosen]
 
     async def compute(paths: list[Path]) -> tuple[Encoded, Path]:
@@ -168,16 +215,16 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
         message = MixdownRequest(
             sources=[str(path) for path in paths],
             output=str(output),
-            offsets_seconds=None if offsets is None else used,
-            target_sample_rate=data.target_sample_rate,
+            offsets_seconds=offsets,
+            target_sample_rate=target_sample_rate,
             labels=labels,
         )
         return await _encode(settings, message, output), output
 
     job = Recording(
         route="mixdown",
-        kind="audio",
-        params={"offsets_seconds": None if offsets is None else used, "target_sample_rate": data.target_sample_rate},
+        kinds=("audio",),
+        params={"offsets_seconds": offsets, "target_sample_rate": target_sample_rate},
         inputs=[(url, label) for (_, url), label in zip(chosen, labels)],
         compute=compute,
         result_type=Encoded,
@@ -186,4 +233,16 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
     async with served(request, settings, job) as (encoded, output):
         request.state.audio_seconds = encoded.duration_ms / 1000
         size = await while_connected(request, upload(settings, output_url, output, "audio/mpeg"))
-        return MixdownResult(size=size, duration_ms=encoded.duration_ms)
+        return size, encoded.duration_ms
+
+
+@post("/v1/audio/mixdown", name="mixdown-v1", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
+async def mixdown_v1(request: Request, data: MixdownV1Body, settings: Settings) -> MixdownV1Result:
+    """Mix the tracks from their starts (summed, no normalising) into an MP3; PUT it to ``output_url``.
+
+    Reflector's ``feature/modal-mixdown`` client shape. Empty URLs are skipped. 400 when no
+    URL is left, ``output_url`` is empty, or ``target_sample_rate`` is not a rate MP3 can carry.
+    """
+    chosen, output_url = _tracks_and_output(data.track_urls, data.output_url)
+    _, duration_ms = await _mix(request, settings, chosen, None, data.target_sample_rate, output_url)
+    return MixdownV1Result(duration_ms=duration_ms, tracks_mixed=len(chosen), audio_uploaded=True)

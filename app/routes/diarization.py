@@ -41,7 +41,7 @@ async def diarize(request: Request, settings: Settings, audio_file_url: str, tim
 
     job = Recording(
         route="diarize",
-        kind="diarizer",
+        kinds=("diarizer",),
         params={"timestamp": timestamp},  # and every other parameter of DiarizeRequest
         inputs=[(url, None)],
         compute=compute,

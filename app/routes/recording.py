@@ -73,7 +73,7 @@ class Outcome(NamedTuple, Generic[_T]):
 class Recording(Generic[_T]):
     """One recording route's job.
 
-    `route`: the route's name; `kind`: the worker whose model identity goes into the key;
+    `route`: the route's name; `kinds`: the workers whose model identity goes into the key;
     `params`: every parameter that changes the output (never a URL); `inputs`: the URLs to
     download, each with a label for error messages (None: no prefix); `compute(paths)`:
     runs the model on the downloaded files and returns the result and the output file it
@@ -82,7 +82,7 @@ class Recording(Generic[_T]):
     """
 
     route: str
-    kind: str
+    kinds: tuple[str, ...]
     params: dict[str, Any]
     inputs: list[tuple[str, str | None]]
     compute: Callable[[list[Path]], Awaitable[tuple[_T, Path | None]]]
@@ -124,7 +124,7 @@ async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Ou
             locks.append(got)
             aliases = (alias,)
         paths = await watch.while_connected(_download_all(settings, job))
-        identity = await _identity(settings, job.kind)
+        identity = await _identity(settings, job.kinds)
         if identity is None:  # the worker is (re)starting: compute without the store
             return await watch.while_connected(_compute(job, paths))
         name = results.key(job.route, job.digests, job.params, identity)
@@ -158,16 +158,20 @@ def _found(
     return Outcome(msgspec.msgpack.decode(entry.value, type=job.result_type), blob)
 
 
-async def _identity(settings: Settings, kind: str) -> dict[str, Any] | None:
-    """What identifies the `kind` worker's loaded model and its settings; None when it does
-    not answer a ping (then nothing is stored)."""
-    for replica in range(spec(kind).replicas(settings)):  # replicas load the same model
-        pong = await client.ping(settings, kind, replica)
-        if pong is not None:
-            break
-    else:
-        return None
-    return {"kind": kind, "model": pong.model, "device": pong.device, "info": pong.info, "settings": MODEL_SETTINGS[kind](settings)}
+async def _identity(settings: Settings, kinds: tuple[str, ...]) -> list[dict[str, Any]] | None:
+    """What identifies the loaded models of the `kinds` workers and their settings; None
+    when one of them does not answer a ping (then nothing is stored)."""
+    identity = []
+    for kind in kinds:
+        for replica in range(spec(kind).replicas(settings)):  # replicas load the same model
+            pong = await client.ping(settings, kind, replica)
+            if pong is not None:
+                break
+        else:
+            return None
+        settings_part = MODEL_SETTINGS[kind](settings)
+        identity.append({"kind": kind, "model": pong.model, "device": pong.device, "info": pong.info, "settings": settings_part})
+    return identity
 
 
 async def _download_all(settings: Settings, job: Recording[_T]) -> list[Path]:

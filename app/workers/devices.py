@@ -11,8 +11,13 @@ CPU the replicas of a kind share the cores.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from app.settings import Settings
+
+_T = TypeVar("_T")
 
 _replica = 0
 
@@ -61,3 +66,35 @@ def ct2_compute_type(settings: Settings, device: str, cuda_default: str = "float
     if settings.compute_type != "auto":
         return settings.compute_type
     return cuda_default if device == "cuda" else "int8"
+
+
+def nice_this_thread(increment: int) -> None:
+    """Raise the nice value of the calling thread only (Linux: nice is per thread, and a
+    thread's children, such as a library's worker threads, inherit it). No-op elsewhere."""
+    if increment <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    except (AttributeError, OSError):
+        pass
+
+
+def in_niced_thread(increment: int, build: Callable[[], _T]) -> _T:
+    """Run `build()` in a short-lived thread niced by `increment` and return its result, so
+    the threads it creates (CTranslate2's model workers) run at that nice value."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        nice_this_thread(increment)
+        try:
+            result["value"] = build()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="niced-build")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

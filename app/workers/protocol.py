@@ -35,7 +35,8 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     `queued_seconds`: seconds of audio accepted and not yet processed; `rtf`: measured
     real-time factor of recent work (processing seconds per audio second; None before the
     first job); `jobs_done`: jobs finished since start (any outcome); `load_seconds`: how
-    long loading the model took.
+    long loading the model took; `stalled_seconds`: how long the engine has held work
+    without showing progress (0 when idle), which the supervisor's watchdog reads.
     """
 
     kind: str
@@ -48,6 +49,7 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     rtf: float | None = None
     jobs_done: int = 0
     load_seconds: float | None = None
+    stalled_seconds: float = 0.0
 
 
 class Accepted(msgspec.Struct, tag="accepted", frozen=True):

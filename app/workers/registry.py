@@ -15,6 +15,12 @@ from pathlib import Path
 from app.settings import Settings
 from app.workers import translator
 
+# Recording-only work (diarization, pad and mixdown, the Whisper worker's recording lanes
+# on the CPU) runs at this nice value, so on a shared CPU live meetings (Whisper's live
+# lane, translation) take the cores first: CFS gives a nice-0 thread about 9x the share of
+# a nice-10 one.
+RECORDING_NICE = 10
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -32,14 +38,14 @@ class WorkerSpec:
 
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("whisper", "app.workers.whisper:WhisperEngine", replicas=lambda s: s.whisper_replicas),
-    WorkerSpec("diarizer", "app.workers.diarizer:DiarizerEngine", replicas=lambda s: s.diarization_replicas, nice=5),
+    WorkerSpec("diarizer", "app.workers.diarizer:DiarizerEngine", replicas=lambda s: s.diarization_replicas, nice=RECORDING_NICE),
     WorkerSpec(
         "translator",
         "app.workers.translator:TranslatorEngine",
         configured=translator.is_configured,
         not_configured_detail=translator.NOT_CONFIGURED,
     ),
-    WorkerSpec("audio", "app.workers.audio:AudioEngine", nice=5),
+    WorkerSpec("audio", "app.workers.audio:AudioEngine", nice=RECORDING_NICE),
 )
 
 

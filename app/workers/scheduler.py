@@ -8,8 +8,10 @@ most 30 s each). The scheduler keeps every job's pending pieces and runs batches
   recordings in turn, one piece per recording per round, so a 6-hour file does not hold a
   10-minute one for its whole length;
 - the **live lane** (when `live_lane` is on) takes only live pieces, so a live piece never
-  waits for a running batch of recording pieces: CTranslate2 runs two batches at once on
-  one loaded model (``inter_threads``/faster-whisper's ``num_workers`` = 2).
+  waits for a running batch of recording pieces (CTranslate2 runs batches at once on one
+  loaded model: ``inter_threads``, faster-whisper's ``num_workers``). It calls
+  `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
+  lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
 
 A batch holds at most `batch_size` pieces that share one compatibility key (for Whisper:
 language, task and decoding options); pieces of one job keep their order within a batch
@@ -34,6 +36,8 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from app.workers.devices import nice_this_thread
 
 log = logging.getLogger("app.worker.scheduler")
 
@@ -104,9 +108,13 @@ class Scheduler:
         batch_size: int,
         lanes: int = 1,
         live_lane: bool = True,
+        live_run_batch: Callable[[Sequence[Piece]], Sequence[Any]] | None = None,
+        lane_nice: int = 0,
         name: str = "scheduler",
     ) -> None:
         self.run_batch = run_batch
+        self.live_run_batch = live_run_batch or run_batch
+        self.lane_nice = lane_nice
         self.finish = finish
         self.batch_size = batch_size
         self._lock = threading.Condition()
@@ -117,6 +125,7 @@ class Scheduler:
         self._stopped = False
         self.batches_run = 0
         self.jobs_done = 0
+        self.last_progress = time.monotonic()  # when a batch last ended (the watchdog's pulse)
         self._lanes = lanes
         self._idle_lanes = 0  # general lanes waiting for work
         self._live_running = 0  # pieces of live jobs in running batches
@@ -181,6 +190,8 @@ class Scheduler:
 
     # -- lanes -------------------------------------------------------------------------
     def _lane(self, live_only: bool) -> None:
+        if not live_only:
+            nice_this_thread(self.lane_nice)
         while True:
             with self._lock:
                 batch = self._take(live_only)
@@ -191,7 +202,7 @@ class Scheduler:
                     batch = self._take(live_only)
                 if not batch:
                     return
-            self._run(batch)
+            self._run(batch, self.live_run_batch if live_only else self.run_batch)
 
     def _limit(self, live_only: bool) -> int:
         """Pieces the next batch may take: `batch_size`, shared out when several general
@@ -255,14 +266,14 @@ class Scheduler:
             if job in queue:
                 queue.remove(job)
 
-    def _run(self, batch: list[Piece]) -> None:
+    def _run(self, batch: list[Piece], run_batch: Callable[[Sequence[Piece]], Sequence[Any]]) -> None:
         live = [piece for piece in batch if not piece.job.cancelled]
         started = time.monotonic()
         error: BaseException | None = None
         outputs: Sequence[Any] = ()
         if live:
             try:
-                outputs = self.run_batch(live)
+                outputs = run_batch(live)
             except BaseException as exc:  # noqa: BLE001 - handed to the jobs' futures
                 error = exc
         elapsed = time.monotonic() - started
@@ -271,6 +282,7 @@ class Scheduler:
         failed: dict[int, Job] = {}
         with self._lock:
             self.batches_run += 1
+            self.last_progress = time.monotonic()
             self._queued_seconds -= sum(piece.seconds for piece in batch)  # `_drop` left running ones
             if live and error is None and audio > 0:
                 rtf = elapsed / audio

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
@@ -54,6 +55,20 @@ def load_engine_class(path: str) -> type:
 
 
 PREPARE_THREADS = 2  # requests decoded and cut at once while batches run
+
+
+class ProgressEvent(threading.Event):
+    """The cancel flag handed to an engine: every look at it (`is_set`) also tells the
+    worker that the engine is alive and making progress (engines look between steps:
+    batches, frames, pipeline hooks), which the watchdog reads as `Pong.stalled_seconds`."""
+
+    def __init__(self, on_progress) -> None:
+        super().__init__()
+        self._on_progress = on_progress
+
+    def is_set(self) -> bool:
+        self._on_progress()
+        return super().is_set()
 MAX_RETRY_AFTER_SECONDS = 3600
 
 
@@ -72,6 +87,7 @@ class WorkerServer:
         self.replica = replica
         self.pending = 0
         self.jobs_done = 0
+        self._last_progress = time.monotonic()
         self.scheduled = hasattr(engine, "scheduler")
         workers = PREPARE_THREADS if self.scheduled else 1
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=engine.kind)
@@ -101,11 +117,26 @@ class WorkerServer:
         finally:
             writer.close()
 
+    def progress(self) -> None:
+        """Note that the engine is making progress (see `ProgressEvent`)."""
+        self._last_progress = time.monotonic()
+
+    def stalled_seconds(self) -> float:
+        """Seconds the engine has held work without progress; 0 when idle."""
+        if self.pending == 0:
+            return 0.0
+        last = self._last_progress
+        scheduler = getattr(self.engine, "scheduler", None)
+        if scheduler is not None:
+            last = max(last, scheduler.last_progress)
+        return max(0.0, time.monotonic() - last)
+
     def pong(self) -> msgspec.Struct:
         """The engine's `Pong` with this server's queue figures."""
         pong = self.engine.describe()
         return msgspec.structs.replace(
-            pong, busy=self.pending, replica=self.replica, jobs_done=self.jobs_done
+            pong, busy=self.pending, replica=self.replica, jobs_done=self.jobs_done,
+            stalled_seconds=round(self.stalled_seconds(), 3),
         )
 
     async def _dispatch(
@@ -120,11 +151,13 @@ class WorkerServer:
                 f"(REFLECTOR_GPU_QUEUE_SIZE={self.queue_size}); retry later",
                 retry_after=self._retry_after(),
             )
+        if self.pending == 0:
+            self.progress()  # idle time is no stall
         self.pending += 1  # counted before any await, so the limit above sees every job
         try:
             writer.write(encode_frame(Accepted()))
             await writer.drain()
-            cancel = threading.Event()
+            cancel = ProgressEvent(self.progress)
             loop = asyncio.get_running_loop()
             job = loop.run_in_executor(self._executor, self._start, request, cancel)
             hangup = asyncio.ensure_future(reader.read(1))  # b"" when the client goes away
@@ -225,7 +258,7 @@ def main(kind: str, replica: int = 0) -> None:
     Exits with status 3 when the model cannot be loaded (the log says why).
     """
     settings = settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping is the entrypoint's decision (SIGTERM)
     devices.set_replica(replica)
     worker = spec(kind)

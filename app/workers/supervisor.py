@@ -10,6 +10,8 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
   service, since its settings need fixing; one that fails to reload after a crash is
   retried with the same back-off; ``<run>/<kind>-<i>.failed`` tells ``/ready`` a replica
   is down;
+- a worker that stops answering pings, or holds work without progress, for
+  ``REFLECTOR_GPU_WORKER_HANG_SECONDS`` is killed and restarted (`app.workers.watchdog`);
 - Granian exiting ends the service with its exit status;
 - as PID 1 (in a container) it also reaps every orphaned process re-parented to it;
 - every child gets ``TMPDIR=<state>/tmp/processes``, so nothing lands in the system temp dir;
@@ -17,7 +19,9 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
   `STOP_TIMEOUT_SECONDS`), then the workers;
 - certificate files an operator provides are polled; a changed pair is validated
   (`app.tls.check_pair`), copied to the run directory Granian reads from, and Granian gets
-  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on.
+  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on;
+- with ``REFLECTOR_GPU_TLS=acme`` Granian starts only once `app.acme` has stored a valid
+  certificate (the workers load meanwhile), so HTTPS never answers with a wrong one.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 from app import results, tls
 from app.settings import Settings
 from app.workers.registry import WORKERS, failed_marker, socket_path
+from app.workers.watchdog import Watchdog
 
 log = logging.getLogger("app.supervisor")
 
@@ -44,7 +49,16 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits `podman stop`'s 10 s
 WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
+FIRST_CERT_POLL_SECONDS = 0.2  # while Granian waits for the first ACME certificate
 MAX_BACKOFF_SECONDS = 30.0
+SERVING_CERT, SERVING_KEY = "tls-cert.pem", "tls-key.pem"  # Granian's copies in the run directory
+RESTARTS_SUFFIX = ".restarts"  # <run>/<child name>.restarts: how often it was restarted (for /metrics)
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """``<state>/run/metrics``: prometheus-client's multiprocess files, one set per Granian
+    worker process (``PROMETHEUS_MULTIPROC_DIR``), made empty at each start."""
+    return settings.run_dir / "metrics"
 
 
 @dataclass
@@ -60,6 +74,7 @@ class Child:
     backoff: float = 1.0
     restart_at: float = 0.0
     restarts: int = 0
+    env: dict[str, str] | None = None  # None: the supervisor's own environment
 
     def __post_init__(self) -> None:
         self.kind = self.kind or self.name
@@ -67,7 +82,9 @@ class Child:
     def start(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops
         # everything in order, and a stop can signal Granian together with its forked workers.
-        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.argv, preexec_fn=_die_with_parent, start_new_session=True, env=self.env
+        )
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def signal_group(self, signum: int) -> None:
@@ -136,6 +153,7 @@ class Supervisor:
             for i in range(w.replicas(settings))
         ]
         self.granian: Child | None = None
+        self.watchdog = Watchdog(settings.worker_hang_seconds)
         self.is_init = os.getpid() == 1  # a container's PID 1 inherits every orphan: reap them
         self._cert_stamp: tuple | None = None
         self._next_cert_poll = 0.0
@@ -148,6 +166,7 @@ class Supervisor:
             shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.settings.run_dir, 0o700)
+        metrics_dir(self.settings).mkdir()
         # Every child inherits it: nothing a worker or Granian writes to "the temp dir"
         # (onnxruntime's .ses file, Litestar's spooled uploads) lands in the system's.
         self.settings.process_tmp_dir.mkdir(mode=0o700, exist_ok=True)
@@ -157,7 +176,7 @@ class Supervisor:
         """Copy the validated pair into the run directory; Granian only ever reads these copies."""
         assert self.source is not None
         run = self.settings.run_dir
-        cert, key = run / "tls-cert.pem", run / "tls-key.pem"
+        cert, key = run / SERVING_CERT, run / SERVING_KEY
         shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
         cert.with_suffix(".tmp").replace(cert)
         fd = os.open(key.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -185,21 +204,24 @@ class Supervisor:
                 "--ssl-keyfile", str(self.serving.key),
                 "--ssl-protocol-min", "tls1.2",
             ]
+            if s.tls_client_ca is not None:  # mTLS: no handshake without a certificate it signed
+                argv += ["--ssl-ca", str(s.tls_client_ca), "--ssl-client-verify"]
         return [*argv, "app.main:create_app"]
 
     # -- running ----------------------------------------------------------------------
     def run(self) -> int:
         """Start everything and supervise until stopped; returns the exit status."""
         self._prepare_dirs()
-        if self.source is not None:
+        waiting = self.settings.tls == "acme" and not self._source_valid()
+        if self.source is not None and not waiting:
             self._install_certificate()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for worker in self.workers:
             failed_marker(self.settings, worker.kind, worker.replica).unlink(missing_ok=True)
             worker.start()
-        self.granian = Child("granian", self.granian_argv())
-        self.granian.start()
+        if not waiting:
+            self._start_granian()
         try:
             while not self.stopping:
                 status = self._tick()
@@ -210,14 +232,34 @@ class Supervisor:
         finally:
             self._stop_all()
 
+    def _start_granian(self) -> None:
+        # prometheus-client's multiprocess mode: every Granian worker counts into this directory.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(self.settings).resolve())}
+        self.granian = Child("granian", self.granian_argv(), env=env)
+        self.granian.start()
+
+    def _source_valid(self) -> bool:
+        assert self.source is not None
+        try:
+            tls.check_pair(self.source.cert, self.source.key, self.settings.domains)
+        except tls.CertificateError:
+            return False
+        return True
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
     def _tick(self) -> int | None:
         now = time.monotonic()
-        assert self.granian is not None and self.granian.process is not None
-        code = self.granian.process.poll()
+        if self.granian is None:  # waiting for the first ACME certificate
+            if now >= self._next_cert_poll:
+                self._next_cert_poll = now + FIRST_CERT_POLL_SECONDS
+                if self._source_valid():
+                    self._install_certificate()
+                    self._start_granian()
+        assert self.granian is None or self.granian.process is not None
+        code = None if self.granian is None else self.granian.process.poll()
         if code is not None:
             if not self.stopping:
                 log.error("granian exited with status %s; stopping the service", code)
@@ -233,7 +275,7 @@ class Supervisor:
             children = [self.granian, *self.workers]
             for pid in reap_orphans([c.process for c in children if c is not None and c.process is not None]):
                 log.debug("reaped orphan process %d", pid)
-        if self.source is not None and now >= self._next_cert_poll:
+        if self.source is not None and self.granian is not None and now >= self._next_cert_poll:
             self._next_cert_poll = now + CERT_POLL_SECONDS
             self._check_certificate()
         return None
@@ -252,7 +294,14 @@ class Supervisor:
                 worker.ready_once = True
                 worker.backoff = 1.0
                 marker.unlink(missing_ok=True)
+                self.watchdog.watch(socket)
+            reason = self.watchdog.verdict(socket)
+            if reason is not None:
+                log.error("the %s worker is hung (%s); killing it", worker.name, reason)
+                self.watchdog.forget(socket)
+                worker.signal_group(signal.SIGKILL)  # its requests get 503; restarted below
             return None
+        self.watchdog.forget(socket)
         if code == MODEL_LOAD_FAILED and not worker.ready_once and worker.restarts == 0:
             # At start only: the settings need fixing. After a crash, a failed reload (a GPU
             # still held, say) is retried with back-off like any other exit.
@@ -264,6 +313,9 @@ class Supervisor:
             worker.name, code, worker.restarts, worker.backoff,
         )
         marker.write_text(f"exited with status {code}\n")
+        counter = self.settings.run_dir / f"{worker.kind}-{worker.replica}{RESTARTS_SUFFIX}"  # read by /metrics
+        counter.with_suffix(".tmp").write_text(f"{worker.restarts}\n")
+        counter.with_suffix(".tmp").replace(counter)
         socket.unlink(missing_ok=True)
         worker.process = None
         worker.ready_once = False
@@ -289,6 +341,8 @@ class Supervisor:
 
     # -- stopping ---------------------------------------------------------------------
     def _stop_all(self) -> None:
+        self.watchdog.stop()
+
         def running(children: list[Child | None]) -> list[Child]:
             return [c for c in children if c is not None and c.process is not None]
 

@@ -70,12 +70,12 @@ def from_url(client: httpx.Client, url: str, offset: float = 0.0) -> httpx.Respo
 def test_concurrent_requests_answer_what_each_answers_alone(service: Service, audio_server) -> None:
     client = service.client()
     url = audio_server.url + "/sample.wav"
-    alone = from_url(client, url)
+    alone = from_url(client, url)  # offsets below differ from it: the result store answers none of them
     assert alone.status_code == 200, alone.text
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda offset: from_url(service.client(), url, offset), (0.0, 10.0, 20.0, 30.0)))
+        responses = list(pool.map(lambda offset: from_url(service.client(), url, offset), (5.0, 10.0, 20.0, 30.0)))
     expected = [(w["word"], w["start"], w["end"]) for w in alone.json()["words"]]
-    for offset, response in zip((0.0, 10.0, 20.0, 30.0), responses):
+    for offset, response in zip((5.0, 10.0, 20.0, 30.0), responses):
         assert response.status_code == 200, response.text
         words = [(w["word"], round(w["start"] - offset, 2), round(w["end"] - offset, 2)) for w in response.json()["words"]]
         assert words == expected
@@ -130,7 +130,8 @@ def test_two_replicas_both_take_work_and_a_killed_one_fails_only_its_requests(
     sample = audio_server.url + "/sample.wav"
     with running_service(cert_dir, REFLECTOR_GPU_WHISPER_REPLICAS="2", REFLECTOR_GPU_CPU_THREADS="1") as service:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: from_url(service.client(), sample).status_code, range(4)))
+            # Distinct offsets: identical requests would share one job (the result store).
+            results = list(pool.map(lambda offset: from_url(service.client(), sample, offset).status_code, range(4)))
         assert results == [200] * 4
         done = [pong.jobs_done for pong in pongs(service, replicas=2)]
         assert all(count >= 1 for count in done), done
@@ -139,9 +140,9 @@ def test_two_replicas_both_take_work_and_a_killed_one_fails_only_its_requests(
 
         # One long job on each replica (the client sends each to the least loaded one).
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            first = pool.submit(from_url, service.client(), url)
+            first = pool.submit(from_url, service.client(), url, 0.0)
             assert wait_for(lambda: sum(p.busy for p in pongs(service, replicas=2)) == 1)
-            second = pool.submit(from_url, service.client(), url)
+            second = pool.submit(from_url, service.client(), url, 1.0)
             assert wait_for(lambda: all(p.busy == 1 for p in pongs(service, replicas=2)))
             [victim] = [pid for pid in service.child_pids("app.workers.server whisper 0")]
             os.kill(victim, signal.SIGKILL)

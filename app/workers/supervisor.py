@@ -96,14 +96,24 @@ class Child:
             pass
 
 
+def _load_prctl():
+    """libc's ``prctl``, looked up once in the supervisor: the entrypoint runs threads
+    (watchdog, ACME, plain-HTTP listener), so the child between fork and exec should do as
+    little as possible (no library loading)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux for SIGTERM when the supervisor dies (even by
     SIGKILL), so no worker or Granian outlives it holding the port or a GPU."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
-        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def reap_orphans(children: list[subprocess.Popen]) -> list[int]:

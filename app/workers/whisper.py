@@ -224,9 +224,12 @@ class WhisperEngine:
             # On the CPU the cores are what live and recording pieces share: the recording
             # lanes get a model copy of their own whose threads run at `RECORDING_NICE`, so
             # a live piece takes the cores from them at once (on tiny.en, ~75 MB more).
+            # Each recording lane gets its share of the cores (one beam search on tiny.en ran
+            # no faster on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample).
             self.model = WhisperModel(self.model_path, num_workers=1, **options)
+            per_lane = {**options, "cpu_threads": max(1, options["cpu_threads"] // lanes)}
             self.recording_model = devices.in_niced_thread(
-                RECORDING_NICE, lambda: WhisperModel(self.model_path, num_workers=lanes, **options)
+                RECORDING_NICE, lambda: WhisperModel(self.model_path, num_workers=lanes, **per_lane)
             )
         self._pipeline_class = BatchedInferencePipeline
         self.languages = tuple(self.model.supported_languages)

@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     whisper_model: str = "tiny.en"
     whisper_beam_size: int = 5
     whisper_batch_size: int = 8
-    diarization_model: str = "embedded"
+    diarization_model: str = "fast"
     diarization_device: Device | None = None
     diarization_step: float | None = None
     diarization_segmentation_batch_size: int = 32

@@ -1,4 +1,4 @@
-"""``POST /diarize`` over real HTTPS with the embedded default pipeline (no token, no hub).
+"""``POST /diarize`` over real HTTPS with the default (`fast`) pipeline (no token, no hub).
 
 Audio comes from a loopback HTTP server, as Reflector's presigned URLs would. Accuracy is
 scored with pyannote.metrics against the reference that ships with the pyannote sample.
@@ -18,7 +18,7 @@ from tests.conftest import AudioServer, Service, pyannote_sample_dir, running_se
 
 pytestmark = pytest.mark.slow
 
-MAX_DER = 0.08  # issue target for the embedded default on pyannote's sample (collar 0)
+MAX_DER = 0.08  # issue target for the default pipeline on pyannote's sample (collar 0)
 
 
 def assert_turns(turns: list[dict], minimum: float, maximum: float) -> None:
@@ -144,6 +144,33 @@ def test_missing_url_is_400(service: Service) -> None:
 )
 def test_bad_parameters_are_400(service: Service, params: dict, words: str) -> None:
     response = service.client().post("/diarize", params=params)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["detail"]
+
+
+def test_speaker_count_hints(service: Service, audio_server: AudioServer) -> None:
+    url = audio_server.add("sample.wav", pyannote_sample_dir() / "sample.wav")
+    for hints, speakers in [({"num_speakers": 1}, 1), ({"max_speakers": "1"}, 1), ({"num_speakers": 3}, 3)]:
+        response = service.client().post("/diarize", params={"audio_file_url": url, **hints})
+        assert response.status_code == 200, response.text
+        turns = response.json()["diarization"]
+        assert_turns(turns, 0.0, 30.0)
+        assert len({t["speaker"] for t in turns}) == speakers, hints
+
+
+@pytest.mark.parametrize(
+    ("hints", "words"),
+    [
+        ({"num_speakers": "0"}, "num_speakers"),
+        ({"max_speakers": "1000"}, "max_speakers"),
+        ({"min_speakers": "two"}, "min_speakers"),
+        ({"num_speakers": "2.5"}, "num_speakers"),
+        ({"min_speakers": "4", "max_speakers": "2"}, "larger than max_speakers"),
+        ({"num_speakers": "5", "max_speakers": "3"}, "outside"),
+    ],
+)
+def test_bad_speaker_hints_are_400(service: Service, hints: dict, words: str) -> None:
+    response = service.client().post("/diarize", params={"audio_file_url": "http://127.0.0.1/a.wav", **hints})
     assert response.status_code == 400, response.text
     assert words in response.json()["detail"]
 

@@ -72,8 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     diarization_model: str = "fast"
     diarization_device: Device | None = None
     diarization_step: float | None = None
-    diarization_segmentation_batch_size: int = 32
-    diarization_embedding_batch_size: int = 32
+    diarization_segmentation_batch_size: int | None = None  # None: the pipeline's own default
+    diarization_embedding_batch_size: int | None = None
     translation_model: str | None = None
 
     @property

@@ -146,16 +146,19 @@ class DiarizerEngine:
         if settings.cpu_threads > 0:
             torch.set_num_threads(settings.cpu_threads)
         self.device = torch_device(settings)
+        batch_sizes = {
+            name: value for name, value in (
+                ("segmentation_batch_size", settings.diarization_segmentation_batch_size),
+                ("embedding_batch_size", settings.diarization_embedding_batch_size),
+            ) if value is not None
+        }
         self.options = Options(
-            device=self.device,
-            segmentation_step=settings.diarization_step or DEFAULT_STEP[self.device],
-            segmentation_batch_size=settings.diarization_segmentation_batch_size,
-            embedding_batch_size=settings.diarization_embedding_batch_size,
+            device=self.device, segmentation_step=settings.diarization_step or DEFAULT_STEP[self.device], **batch_sizes
         )
         started = time.monotonic()
         self.pipeline = self.fast = None
         if self.source.kind == "fast":
-            self.fast = _load_fast(self.source.location, self.options, settings.cpu_threads)
+            self.fast = _load_fast(self.source.location, self.options, settings.cpu_threads, batch_sizes)
             backend = f", CAM++ on {self.fast.backend}"
         else:
             from app.diarization.pipeline import load_pipeline
@@ -225,8 +228,9 @@ class DiarizerEngine:
         return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
 
 
-def _load_fast(bundle: str, options, threads: int):
-    """The `fast` pipeline on the embedded bundle; `ModelNotFound` when it is not prepared."""
+def _load_fast(bundle: str, options, threads: int, batch_sizes: dict[str, int] | None = None):
+    """The `fast` pipeline on the embedded bundle; `ModelNotFound` when it is not prepared.
+    `batch_sizes`: `FastOptions` batch-size overrides from the settings."""
     from pathlib import Path
 
     from app.diarization import embedded
@@ -239,12 +243,8 @@ def _load_fast(bundle: str, options, threads: int):
             f"{SETTING}=fast: the embedded diarization models are not prepared in {bundle}; "
             "run `make models` (python -m app.models prepare)"
         )
-    fast_options = FastOptions(
-        segmentation_step=options.segmentation_step,
-        segmentation_batch_size=options.segmentation_batch_size,
-        embedding_batch_size=options.embedding_batch_size,
-    )
-    return FastDiarizer(Path(bundle), options.device, fast_options, threads)
+    return FastDiarizer(Path(bundle), options.device, FastOptions(segmentation_step=options.segmentation_step,
+                                                                  **(batch_sizes or {})), threads)
 
 
 def _reset_peak_rss() -> None:

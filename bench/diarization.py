@@ -6,16 +6,17 @@ diarizer`` with ``REFLECTOR_GPU_DIARIZATION_MODEL=<name>``) and prints:
 - DER on pyannote's sample (30 s; collar 0, overlap scored, pyannote.metrics);
 - DER and the share of conversations with the right speaker count on the generated
   espeak-ng conversations of scripts/tune_diarization.py (2, 3 and 4 speakers);
-- seconds, real-time factor (wall seconds per audio second) and the worker's peak RSS
-  (VmHWM, which the worker resets at the start of each job) on a 10- and a 60-minute file
-  (the sample tiled; DER against the tiled reference too).
+- seconds, real-time factor (wall seconds per audio second), the worker's peak RSS
+  (VmHWM, which the worker resets at the start of each job), DER and speakers found on a
+  10- and a 60-minute meeting of 4 generated voices (`make_long`; 4 speakers).
 
 Then the 1-hour Reflector file pipeline: the whole service (``entrypoint.py``, default
 settings, so the default diarization pipeline and Whisper model) gets
 ``/v1/audio/transcriptions-from-url`` and ``/diarize`` for the 60-minute file at the same
 time, as Reflector's file pipeline sends them; both must answer inside Reflector's 600 s.
 
-Generated files live under ``--data`` (default /tmp/rg-diar-bench) and are reused.
+Generated files live under ``--data`` (default /tmp/rg-diar-bench) and are reused; the
+service's own whisper setting (``REFLECTOR_GPU_WHISPER_MODEL``) applies to the last part.
 Run with `make bench` or ``nice .venv/bin/python bench/diarization.py [--pipelines fast
 embedded] [--skip-long] [--skip-reflector]``; the full run takes about 40 min on 2 cores.
 """
@@ -36,20 +37,16 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from app import settings as settings_module  # noqa: E402
-from app.audio.decode import decode_mono  # noqa: E402
 from app.workers import client  # noqa: E402
 from app.workers.diarizer import Diarization, DiarizeRequest  # noqa: E402
 from tests.conftest import pyannote_sample_dir, write_wav  # noqa: E402
 
 LONG_MINUTES = (10, 60)
-SAMPLE_SECONDS = 30.0
 REFLECTOR_TIMEOUT = 600.0  # s, Reflector's client time-out for each of the two calls
 
 
@@ -72,18 +69,11 @@ def annotation(turns):
     return result
 
 
-def tiled_reference(copies: int):
-    """sample.rttm repeated `copies` times, 30 s apart."""
-    from pyannote.core import Annotation, Segment
-
+def sample_reference():
+    """The reference turns of pyannote's sample (sample.rttm)."""
     from tune_diarization import load_reference
 
-    sample = load_reference(pyannote_sample_dir() / "sample.rttm")
-    reference = Annotation()
-    for copy in range(copies):
-        for segment, _, label in sample.itertracks(yield_label=True):
-            reference[Segment(segment.start + SAMPLE_SECONDS * copy, segment.end + SAMPLE_SECONDS * copy)] = label
-    return reference
+    return load_reference(pyannote_sample_dir() / "sample.rttm")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -94,16 +84,15 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def long_files(data: Path) -> list[tuple[str, Path, float, int]]:
-    """(name, path, seconds, copies of the sample) for the 10- and 60-minute files, made once."""
-    audio = decode_mono(pyannote_sample_dir() / "sample.wav")
+def long_files(dataset: Path) -> list[tuple[str, Path, float, object]]:
+    """(name, path, seconds, reference) for the 10- and 60-minute meetings of 4 generated
+    voices (scripts/tune_diarization.py `make_long`), made once."""
+    from tune_diarization import load_reference, make_long
+
     files = []
     for minutes in LONG_MINUTES:
-        copies = int(minutes * 60 / SAMPLE_SECONDS)
-        path = data / f"sample-x{copies}.wav"
-        if not path.is_file():
-            write_wav(path.with_suffix(".partial.wav"), np.tile(audio, copies)).replace(path)
-        files.append((f"{minutes}-minute file", path, copies * SAMPLE_SECONDS, copies))
+        wav, rttm = make_long(dataset, minutes)
+        files.append((f"{minutes}-minute meeting", wav, minutes * 60.0, load_reference(rttm)))
     return files
 
 
@@ -127,8 +116,8 @@ async def bench_pipeline(name: str, conversations, long: list, state: Path) -> d
             return result, time.perf_counter() - begun, peak_rss_mib(worker.pid)
 
         result, seconds, _ = await run(pyannote_sample_dir() / "sample.wav")
-        figures["sample_der"] = error_rate([(tiled_reference(1), annotation(result.diarization))])
-        print(f"  sample: DER {figures['sample_der']:.4f}, {len({t.speaker for t in result.diarization})} "
+        figures["sample_der"] = error_rate([(sample_reference(), annotation(result.diarization))])
+        print(f"  sample (30 s): DER {figures['sample_der']:.4f}, {len({t.speaker for t in result.diarization})} "
               f"speakers, {seconds:.1f} s", flush=True)
 
         pairs, right, total = [], 0, 0.0
@@ -143,9 +132,9 @@ async def bench_pipeline(name: str, conversations, long: list, state: Path) -> d
         print(f"  {len(conversations)} generated conversations: DER {figures['conversations_der']:.4f}, "
               f"speaker count right {right}/{len(conversations)}, {total:.1f} s", flush=True)
 
-        for label, path, audio_seconds, copies in long:
+        for label, path, audio_seconds, reference in long:
             result, seconds, peak = await run(path)
-            der = error_rate([(tiled_reference(copies), annotation(result.diarization))])
+            der = error_rate([(reference, annotation(result.diarization))])
             figures[label] = (seconds, peak)
             print(f"  {label}: {seconds:.1f} s, RTF {seconds / audio_seconds:.4f}, peak RSS {peak:.0f} MiB, "
                   f"DER {der:.4f}, {len({t.speaker for t in result.diarization})} speakers", flush=True)
@@ -209,7 +198,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs visible; REFLECTOR_GPU_DEVICE={os.environ.get('REFLECTOR_GPU_DEVICE', 'auto')}")
     args.data.mkdir(parents=True, exist_ok=True)
     conversations = [(wav, load_reference(rttm)) for wav, rttm in make_dataset(args.data / "conversations")]
-    long = [] if args.skip_long else long_files(args.data)
+    long = [] if args.skip_long else long_files(args.data / "conversations")
     results = []
     with tempfile.TemporaryDirectory(prefix="rg-bd-", dir="/tmp") as scratch:
         for name in args.pipelines:

@@ -179,6 +179,7 @@ def make_dataset(out: Path, conversations: int = 12, seed: int = 7, turns: int =
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         voices = select_voices(campplus_model(), rng, Path(scratch), max_similarity)
+        (out / "voices.txt").write_text("".join(f"{name} {pitch} {speed}\n" for name, pitch, speed in voices))
         for index, (wav, rttm) in enumerate(pairs):
             count = min(2 + index % 3, len(voices))
             chosen = [voices[i] for i in rng.choice(len(voices), size=count, replace=False)]
@@ -191,6 +192,32 @@ def make_dataset(out: Path, conversations: int = 12, seed: int = 7, turns: int =
                 reference.write_rttm(handle)
     manifest.write_text(key)
     return pairs
+
+
+def make_long(dataset: Path, minutes: int, speakers: int = 4, seed: int = 11) -> tuple[Path, Path]:
+    """A `minutes`-long meeting of `speakers` of the dataset's voices (WAV + RTTM under
+    `dataset`, made once): `make_conversation` with enough turns, cut to the length."""
+    wav, rttm = dataset / f"meeting-{minutes}min.wav", dataset / f"meeting-{minutes}min.rttm"
+    if wav.is_file() and rttm.is_file():
+        return wav, rttm
+    from pyannote.core import Annotation, Segment
+
+    voices = [(name, int(pitch), int(speed)) for name, pitch, speed in
+              (line.split() for line in (dataset / "voices.txt").read_text().splitlines())]
+    rng = np.random.default_rng(seed)
+    chosen = [voices[i] for i in rng.choice(len(voices), size=min(speakers, len(voices)), replace=False)]
+    with tempfile.TemporaryDirectory() as scratch:
+        samples, spoken = make_conversation(chosen, rng, Path(scratch), int(minutes * 60 / 3.0))
+    seconds = minutes * 60.0  # cut to the exact length
+    write_wav(wav.with_suffix(".partial"), samples[: int(seconds * SAMPLE_RATE)])
+    reference = Annotation(uri=wav.stem)
+    for start, end, speaker in spoken:
+        if start < seconds:
+            reference[Segment(start, min(end, seconds))] = f"S{speaker}"
+    with rttm.open("w") as handle:
+        reference.write_rttm(handle)
+    wav.with_suffix(".partial").replace(wav)
+    return wav, rttm
 
 
 def load_reference(rttm: Path):

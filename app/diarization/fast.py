@@ -238,7 +238,7 @@ class FastDiarizer:
                 raise Cancelled
             batch = np.zeros((len(starts[first:first + batch_size]), 1, CHUNK_SAMPLES), dtype=np.float32)
             for row, start in enumerate(starts[first:first + batch_size]):
-                piece = samples[start:start + CHUNK_SAMPLES]
+                piece = as_float(samples[start:start + CHUNK_SAMPLES])
                 batch[row, 0, : len(piece)] = piece
             classes = np.argmax(self.segment_batch(batch), axis=-1)
             if activity is None:
@@ -316,7 +316,7 @@ class FastDiarizer:
                 raise Cancelled
             begin, finish = windows[group[0]][0], windows[group[-1]][1]
             first = int(round(begin * SAMPLE_RATE))
-            audio = torch.from_numpy(samples[first:int(round(finish * SAMPLE_RATE))])[None]
+            audio = torch.from_numpy(as_float(samples[first:int(round(finish * SAMPLE_RATE))]))[None]
             if audio.shape[-1] < int(FBANK_LENGTH_S * SAMPLE_RATE):
                 continue
             fbank = kaldi.fbank(audio, num_mel_bins=FBANK_BINS, frame_length=FBANK_LENGTH_S * 1000,
@@ -388,7 +388,8 @@ class FastDiarizer:
     # -- everything -----------------------------------------------------------------------
     def __call__(self, samples: np.ndarray, hints: SpeakerHints | None = None,
                  should_stop: Callable[[], bool] = lambda: False) -> list[tuple[float, float, int]]:
-        """Diarize 16 kHz mono float32 `samples`; returns (start s, end s, speaker) turns,
+        """Diarize 16 kHz mono `samples` (float32 in [-1, 1], or int16 as from
+        `app.diarization.audio.decode_compact`); returns (start s, end s, speaker) turns,
         speakers numbered from 0 in order of first appearance. Raises `Cancelled`."""
         hints = hints or SpeakerHints()
         duration = len(samples) / SAMPLE_RATE
@@ -405,13 +406,22 @@ class FastDiarizer:
         if should_stop():
             raise Cancelled
         labels = self.cluster(embeddings, hints)
+        clustered = time.perf_counter()
         turns = self.turns(activity, count, windows, labels)
         log.info(
             "fast diarization of %.1f s: segmentation %.1f s, %d windows embedded in %.1f s (%s), "
-            "%d speakers, turns %.1f s", duration, segmented - started, len(windows), embedded - segmented,
-            self.backend, len({speaker for _, _, speaker in turns}), time.perf_counter() - embedded,
+            "%d speakers clustered in %.1f s, turns %.1f s", duration, segmented - started, len(windows),
+            embedded - segmented, self.backend, len({speaker for _, _, speaker in turns}), clustered - embedded,
+            time.perf_counter() - clustered,
         )
         return _renumber([(max(0.0, s), min(duration, e), k) for s, e, k in turns if min(duration, e) > max(0.0, s)])
+
+
+def as_float(samples: np.ndarray) -> np.ndarray:
+    """float32 samples in [-1, 1] from float32 or int16 (scaled by 1/32768) samples."""
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) * np.float32(1 / 32768)
+    return samples.astype(np.float32, copy=False)
 
 
 def cluster(embeddings: np.ndarray, hints: SpeakerHints, options: FastOptions) -> np.ndarray:
@@ -430,7 +440,7 @@ def cluster(embeddings: np.ndarray, hints: SpeakerHints, options: FastOptions) -
         return np.zeros(n, dtype=int)
     points, owner = embeddings, np.arange(n)
     if n > options.max_affinity_windows:
-        centres, owner = kmeans2(embeddings, options.max_affinity_windows, iter=10, minit="++",
+        centres, owner = kmeans2(embeddings, options.max_affinity_windows, iter=10, minit="points",
                                  rng=np.random.default_rng(0))
         used, owner = np.unique(owner, return_inverse=True)  # drop centres that own nothing
         points = centres[used] / np.maximum(np.linalg.norm(centres[used], axis=1, keepdims=True), 1e-8)

@@ -194,24 +194,32 @@ class DiarizerEngine:
             return self._diarize(request, cancel)
         finally:
             log.info("diarization job: %.1f s, peak RSS %.0f MiB", time.monotonic() - started, peak_rss_mib())
+            _trim_heap()
 
     def _diarize(self, request: DiarizeRequest, cancel: threading.Event) -> Diarization:
-        from app.diarization.audio import duration_seconds, load_waveform
+        from app.diarization.audio import SAMPLE_RATE, decode_compact, duration_seconds, load_waveform
+
+        if self.fast is not None:
+            import numpy as np
+
+            from app.diarization.fast import Cancelled, SpeakerHints
+
+            samples = decode_compact(request.path, self.settings.max_audio_seconds, np.int16)  # 2 bytes/sample
+            duration = len(samples) / SAMPLE_RATE
+            if not samples.any():  # empty or digital silence
+                return Diarization(diarization=[], duration=round(duration, 3))
+            hints = SpeakerHints(request.num_speakers, request.min_speakers, request.max_speakers)
+            try:
+                turns = self.fast(samples, hints, cancel.is_set)
+            except Cancelled:
+                raise Unavailable("cancelled: the client went away") from None
+            segments = ((start, end, f"SPEAKER_{speaker:02d}") for start, end, speaker in turns)
+            return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
 
         audio = load_waveform(request.path, self.settings.max_audio_seconds)
         duration = duration_seconds(audio)
         if not bool(audio["waveform"].any()):  # empty or digital silence
             return Diarization(diarization=[], duration=round(duration, 3))
-        if self.fast is not None:
-            from app.diarization.fast import Cancelled, SpeakerHints
-
-            hints = SpeakerHints(request.num_speakers, request.min_speakers, request.max_speakers)
-            try:
-                turns = self.fast(audio["waveform"][0].numpy(), hints, cancel.is_set)
-            except Cancelled:
-                raise Unavailable("cancelled: the client went away") from None
-            segments = ((start, end, f"SPEAKER_{speaker:02d}") for start, end, speaker in turns)
-            return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
 
         def hook(*args, **kwargs) -> None:
             if cancel.is_set():
@@ -252,6 +260,18 @@ def _reset_peak_rss() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
+        pass
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so the memory a
+    long job used does not stay resident while the worker waits."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 

@@ -158,3 +158,33 @@ def test_fast_names_the_setting_when_unprepared(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound) as caught:
         _load_fast(str(tmp_path), Options(), 0)
     assert "REFLECTOR_GPU_DIARIZATION_MODEL=fast" in caught.value.detail and "make models" in caught.value.detail
+
+
+def test_segmentation_constants_match_pyannote() -> None:
+    """The powerset table and frame timing written in fast.py are pyannote's own."""
+    from pyannote.audio import Model
+    from pyannote.audio.utils.powerset import Powerset
+
+    from app.diarization import embedded
+    from app.diarization.fast import FRAME_DURATION_S, FRAME_STEP_S, POWERSET
+
+    assert np.array_equal(Powerset(3, 2).mapping.numpy().astype(np.uint8), POWERSET)
+    model = Model.from_pretrained(str(embedded.bundle_dir() / "segmentation" / "pytorch_model.bin"))
+    frames = model.receptive_field
+    assert (frames.start, frames.duration, frames.step) == pytest.approx((0.0, FRAME_DURATION_S, FRAME_STEP_S))
+
+
+def test_compact_decoding_equals_decode_mono(sample_wav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding in 5-s pieces into one array gives decode_mono's samples (int16: within 1 LSB)."""
+    from app.audio.decode import decode_mono
+    from app.diarization import audio
+    from app.errors import PayloadTooLarge
+
+    monkeypatch.setattr(audio, "PIECE_SECONDS", 5.0)
+    whole = decode_mono(sample_wav)
+    assert np.array_equal(audio.decode_compact(sample_wav), whole)
+    compact = audio.decode_compact(sample_wav, dtype=np.int16)
+    assert compact.dtype == np.int16 and len(compact) == len(whole)
+    assert np.abs(compact / 32768.0 - whole).max() <= 1 / 32768
+    with pytest.raises(PayloadTooLarge):
+        audio.decode_compact(sample_wav, max_seconds=10.0)

@@ -1,9 +1,12 @@
 """The service's process entry, in the image and locally (``.venv/bin/python entrypoint.py``).
 
-Reads the settings once, prepares the TLS material, then runs the supervisor, which starts
-the model workers and Granian as children and stays alive as the root of the process tree
-(see app/workers/supervisor.py). Exit status: 0 after a clean stop, 2 for invalid settings
-or certificates, 3 when a model cannot be loaded, Granian's status when it fails.
+Reads the settings once, prepares the TLS material, starts the plain-HTTP listener
+(`app.http_redirect`) and, with ``REFLECTOR_GPU_TLS=acme``, the certificate manager
+(`app.acme`) as threads, then runs the supervisor, which starts the model workers and
+Granian as children and stays alive as the root of the process tree (see
+app/workers/supervisor.py). Exit status: 0 after a clean stop, 2 for invalid settings,
+certificates or an unusable HTTP port, 3 when a model cannot be loaded, Granian's status
+when it fails.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from app import models, settings as settings_module, tls
+from app import acme, models, settings as settings_module, tls
+from app.http_redirect import Challenges, RedirectServer
 from app.logs import setup_logging
 from app.workers.supervisor import Supervisor
 
@@ -25,18 +29,30 @@ def main() -> int:
     except settings_module.SettingsError as exc:
         log.error("%s", exc)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     problems = models.check_paths(settings)
     if problems:
         log.error("invalid settings:\n  %s", "\n  ".join(problems))
         return 2
+    challenges = Challenges()
+    manager = acme.CertificateManager(settings, challenges) if settings.tls == "acme" else None
     try:
-        tls_files = tls.resolve(settings)
+        tls_files = manager.files if manager is not None else tls.resolve(settings)
     except tls.CertificateError as exc:
         log.error("cannot serve TLS: %s", exc)
         return 2
+    if settings.http_port:
+        try:
+            RedirectServer(settings, challenges).start()
+        except OSError as exc:
+            log.error("cannot listen on REFLECTOR_GPU_HTTP_PORT=%d: %s", settings.http_port, exc)
+            return 2
+    if manager is not None:
+        manager.start()
     scheme = "http" if tls_files is None else "https"
-    if not settings.apikey:
+    if settings.tls_client_ca is not None:
+        log.info("clients must present a certificate signed by %s (mTLS)", settings.tls_client_ca)
+    if not settings.auth_required:
         reach = "this machine" if settings.is_loopback else "the network"
         log.warning(
             "!!! REFLECTOR_GPU_APIKEY is not set: ANYONE on %s who can reach %s:%d can use this host. "

@@ -1,8 +1,9 @@
 """Every failure the service can answer with, and the HTTP status each one maps to.
 
-One exception type per kind of failure. Workers raise these too: the worker server sends a
-`Failure(kind=<class name>, detail=...)` message and the HTTP side re-raises the same class
-(`from_failure`), so the status code is decided here and only here.
+One exception type per kind of failure, all of them in this module. Workers raise these
+too: the worker server sends a `Failure(kind=<class name>, detail=...)` message and the HTTP
+side re-raises the same class through the explicit `FAILURE_KINDS` table (`from_failure`),
+so the status code is decided here and only here.
 """
 
 from __future__ import annotations
@@ -83,17 +84,46 @@ class WorkerFailed(ServiceError):
     status = 500
 
 
-def _all_subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
-    found = [cls]
-    for sub in cls.__subclasses__():
-        found.extend(_all_subclasses(sub))
-    return found
+class WorkerReplyInvalid(ServiceError):
+    """A worker answered with a frame the HTTP side cannot read: over
+    `app.workers.protocol.MAX_FRAME_BYTES`, not msgpack, or not a type the request expects
+    (a worker of another version, say) (502)."""
+
+    status = 502
+
+
+class ModelNotFound(ServiceError):
+    """Configured weights are missing; the detail names the setting and how to fix it (503)."""
+
+    status = 503
+
+
+# What a worker's ``Failure.kind`` may name (the worker sends the class name), written out so
+# that the HTTP side never depends on which modules happen to be imported. A test checks that every `ServiceError` subclass
+# in the code base is defined here and listed here.
+FAILURE_KINDS: dict[str, type[ServiceError]] = {
+    cls.__name__: cls
+    for cls in (
+        ServiceError,
+        BadRequest,
+        InvalidAudio,
+        ClientGone,
+        Unauthorized,
+        SourceNotFound,
+        PayloadTooLarge,
+        UpstreamError,
+        Unavailable,
+        UpstreamTimeout,
+        WorkerFailed,
+        WorkerReplyInvalid,
+        ModelNotFound,
+    )
+}
 
 
 def from_failure(kind: str, detail: str, retry_after: int | None = None) -> ServiceError:
-    """Rebuild the exception a worker reported as ``Failure(kind, detail)``.
+    """Rebuild the exception a worker reported as ``Failure(kind, detail)`` (`FAILURE_KINDS`).
 
     An unknown `kind` (a newer worker, say) becomes `WorkerFailed`.
     """
-    by_name = {cls.__name__: cls for cls in _all_subclasses(ServiceError)}
-    return by_name.get(kind, WorkerFailed)(detail, retry_after=retry_after)
+    return FAILURE_KINDS.get(kind, WorkerFailed)(detail, retry_after=retry_after)

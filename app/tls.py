@@ -72,11 +72,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
+def new_key() -> ec.EllipticCurvePrivateKey:
+    """A new ECDSA P-256 private key."""
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` with mode 600, atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -86,7 +88,8 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -102,7 +105,8 @@ def _key_usage(signs_certificates: bool) -> x509.KeyUsage:
     )
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """`key` as unencrypted PKCS#8 PEM (what Granian reads)."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -115,7 +119,7 @@ def load_or_make_ca(directory: Path, common_name: str = "Reflector GPU host inte
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         return cert, key  # type: ignore[return-value]
-    key = _new_key()
+    key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
@@ -132,8 +136,8 @@ def load_or_make_ca(directory: Path, common_name: str = "Reflector GPU host inte
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_path, key_pem(key))
+    write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 
@@ -143,7 +147,7 @@ def issue_server_cert(
     """Write ``server.pem`` (leaf then CA) and ``server-key.pem`` for `names`, signed by the CA."""
     if not names:
         raise CertificateError("a server certificate needs at least one DNS name or IP address")
-    key = _new_key()
+    key = new_key()
     first = names[0].value
     cert = (
         x509.CertificateBuilder()
@@ -164,8 +168,8 @@ def issue_server_cert(
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(directory / "server.pem", directory / "server-key.pem", directory / "ca.crt")
-    _write_private(files.key, _key_pem(key))
-    _write_public(
+    write_private(files.key, key_pem(key))
+    write_public(
         files.cert,
         cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM),
     )

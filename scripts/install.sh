@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(espeak-ng sox)
+APT_PACKAGES=(espeak-ng sox pebble)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

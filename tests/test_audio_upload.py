@@ -114,6 +114,7 @@ def test_custom_ca_trust(tmp_path, store_certs, payload, make_put_server):
     assert len(server.received) == 2
 
 
+@pytest.mark.slow
 def test_seaweedfs_presigned_put(settings, seaweed, payload):
     size = put(settings, seaweed.presign_put("uploads/ok.webm"), payload)
     assert size == payload.stat().st_size
@@ -121,6 +122,7 @@ def test_seaweedfs_presigned_put(settings, seaweed, payload):
     assert seaweed.head("uploads/ok.webm")["ContentType"] == "audio/webm"
 
 
+@pytest.mark.slow
 def test_seaweedfs_expired_and_wrong_signature(settings, seaweed, payload):
     expired = seaweed.presign_put("uploads/expired.webm", expires=1)
     time.sleep(1.5)

@@ -151,7 +151,7 @@ def test_embedded_selects_the_pyannote_pipeline(sample_wav: Path) -> None:
 
 
 def test_fast_names_the_setting_when_unprepared(tmp_path: Path) -> None:
-    from app.models import ModelNotFound
+    from app.errors import ModelNotFound
     from app.workers.diarizer import _load_fast
     from app.diarization.pipeline import Options
 

@@ -12,7 +12,7 @@ import pytest
 
 from app import settings as settings_module
 from app.errors import Unavailable
-from app.models import ModelNotFound
+from app.errors import ModelNotFound
 from app.workers.diarizer import Turn, speaker_numbers, to_turns
 from tests.conftest import write_wav
 
@@ -59,6 +59,7 @@ def test_sources_are_named_in_errors(tmp_path: Path) -> None:
         assert "REFLECTOR_GPU_DIARIZATION_MODEL" in caught.value.detail and words in caught.value.detail
 
 
+@pytest.mark.slow  # imports torch and pyannote
 def test_hub_pipeline_needs_a_token_and_unprepared_embedded_says_how(tmp_path: Path) -> None:
     from app.diarization.pipeline import Options, Source, load_pipeline
 
@@ -82,6 +83,7 @@ def bundle(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_campplus_checkpoint_tells_speakers_apart(bundle: Path, sample_wav: Path) -> None:
     """CAM++ loads strictly from its pyannote checkpoint; two stretches of one speaker of the
     sample are closer than stretches of the two speakers."""
@@ -104,6 +106,7 @@ def test_campplus_checkpoint_tells_speakers_apart(bundle: Path, sample_wav: Path
     assert float(first_a @ first_b) > float(first_a @ second) + 0.2
 
 
+@pytest.mark.slow
 def test_mounted_bundle_with_relative_paths(
     bundle: Path, sample_wav: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

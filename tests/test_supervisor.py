@@ -76,7 +76,7 @@ def test_sigterm_stops_everything_within_ten_seconds(cert_dir: Path) -> None:
         assert status == 0
         assert time.monotonic() - started < 10
         assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in children)
-        assert not (service.state_dir / "run" / "whisper.sock").exists()
+        assert not (service.state_dir / "run" / "whisper-0.sock").exists()
     finally:
         service.stop()
         shutil.rmtree(service.state_dir, ignore_errors=True)

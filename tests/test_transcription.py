@@ -179,13 +179,6 @@ def test_from_url_unreachable_host_names_it(client: httpx.Client) -> None:
     assert "127.0.0.1" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("body", [{}, {"audio_file_url": ""}, {"audio_file_url": "ftp://host/a.wav"}])
-def test_from_url_bad_body_is_400(client: httpx.Client, body: dict) -> None:
-    response = client.post("/v1/audio/transcriptions-from-url", json=body)
-    assert response.status_code == 400
-    assert "detail" in response.json()
-
-
 def test_wrong_or_missing_key_is_401(service: Service, silence_wav: Path) -> None:
     for key in (None, "wrong-key"):
         response = service.client(key=key).post("/v1/audio/transcriptions", files={"file": ("a.wav", silence_wav.read_bytes())})
@@ -278,8 +271,6 @@ def test_limits_and_an_open_host(cert_dir: Path, sample_wav: Path, audio_server)
 
 def test_wrong_key_with_a_body_gets_its_401_over_http2(service: Service, sample_wav: Path) -> None:
     """The guard reads the upload before answering, so the client sees the 401, not a reset."""
-    h2 = pytest.importorskip("h2")
-    assert h2
     with httpx.Client(base_url=service.base_url, verify=strict_context(service.ca_file), http2=True, timeout=30) as c:
         for _ in range(5):
             response = c.post(
@@ -290,35 +281,9 @@ def test_wrong_key_with_a_body_gets_its_401_over_http2(service: Service, sample_
             assert response.http_version == "HTTP/2" and response.status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("body", "phrase"),
-    [
-        ({"audio_file_url": "http://[::1"}, "absolute"),
-        ({"audio_file_url": "http://127.0.0.1:99999/a.wav"}, "absolute"),
-        ({"audio_file_url": "http://host/" + "a" * 20000}, "longer than"),
-        ({"audio_file_url": "http://127.0.0.1/a.wav", "timestamp_offset": -5}, "timestamp_offset"),
-        ({"audio_file_url": "http://127.0.0.1/a.wav", "language": "x" * 5000}, "language code"),
-    ],
-)
-def test_from_url_rejects_bad_values_with_short_messages(client: httpx.Client, body: dict, phrase: str) -> None:
-    response = client.post("/v1/audio/transcriptions-from-url", json=body)
-    assert response.status_code == 400, response.text
-    assert phrase in response.json()["detail"] and len(response.text) < 500
-
-
-def test_json_bodies_are_bounded_and_parsed_safely(client: httpx.Client) -> None:
-    huge = client.post("/v1/audio/transcriptions-from-url", content=b'{"audio_file_url": "' + b"a" * (2 * 1024 * 1024) + b'"}',
-                       headers={"content-type": "application/json"})
-    assert huge.status_code == 413
-    nested = client.post("/v1/audio/transcriptions-from-url", content=b"[" * 100000 + b"]" * 100000,
-                         headers={"content-type": "application/json"})
-    assert nested.status_code == 400
-    empty = client.post("/v1/audio/transcriptions-from-url", content=b"", headers={"content-type": "application/json"})
-    assert empty.status_code == 400 and "JSON object" in empty.json()["detail"]
-
-
 def test_head_answers_without_a_body_over_http2(service: Service) -> None:
-    pytest.importorskip("h2")
+    """h2 is a test dependency (pyproject): without it httpx raises instead of skipping."""
     with httpx.Client(base_url=service.base_url, verify=strict_context(service.ca_file), http2=True, timeout=10) as c:
         response = c.head("/health")
-        assert response.http_version == "HTTP/2" and response.status_code in (200, 405) and response.content == b""
+        assert response.http_version == "HTTP/2" and response.status_code == 200 and response.content == b""
+        assert int(response.headers["content-length"]) == len(c.get("/health").content)

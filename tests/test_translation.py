@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import Service, running_service, start_service
 from tests.translation_models import generated_sentences, m2m100_model, marian_model  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 MAX_CHARS = 6000
 SENTENCE = "Kalo mine rusa to vize. Ne ru sa poda!"
 

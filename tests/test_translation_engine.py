@@ -21,7 +21,7 @@ from tests.translation_models import (  # noqa: F401 - fixtures
 from app import models
 from app.errors import BadRequest
 from app.languages import FAMILIES, language_token, load_table, parse_table
-from app.models import ModelNotFound
+from app.errors import ModelNotFound
 from app.settings import Settings
 from app.workers.translator import (
     TranslateRequest,
@@ -130,6 +130,7 @@ def test_not_configured_says_how_to_install(tmp_path):
         translation_model_path(Settings(translation_model=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_fetched_default_is_found_without_setting(tmp_path, marian_model):
     target = models.translation_dir(Settings(models_dir=tmp_path), models.DEFAULT_TRANSLATION_MODEL)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +151,7 @@ def test_detect_family():
         detect_family({"tokenizer_class": "BertTokenizer"}, {"hello"})
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 def test_fetch_converts_a_local_transformers_directory(tmp_path, marian_model, monkeypatch):
     """`python -m app.models fetch translation DIR` converts without the network."""
@@ -202,6 +204,7 @@ def m2m100(m2m100_model):
     return TranslatorEngine(Settings(translation_model=str(m2m100_model), device="cpu"))
 
 
+@pytest.mark.slow
 def test_marian_translates_deterministically(marian):
     pong = marian.describe()
     assert pong.kind == "translator" and pong.device == "cpu"
@@ -215,6 +218,7 @@ def test_marian_translates_deterministically(marian):
     assert first.pieces == 1
 
 
+@pytest.mark.slow
 def test_marian_refuses_a_language_it_lacks(marian):
     with pytest.raises(BadRequest, match=r"cannot translate into German \('de'\); supported target languages: fr"):
         marian.handle(TranslateRequest("hello", "en", "de"), NO_CANCEL)
@@ -222,6 +226,7 @@ def test_marian_refuses_a_language_it_lacks(marian):
         marian.handle(TranslateRequest("hello", "xx", "fr"), NO_CANCEL)
 
 
+@pytest.mark.slow
 def test_m2m100_uses_the_language_tokens(m2m100):
     info = m2m100.describe().info
     assert info["family"] == "m2m100"
@@ -238,12 +243,14 @@ def test_m2m100_uses_the_language_tokens(m2m100):
     assert m2m100.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text == to_fr
 
 
+@pytest.mark.slow
 def test_same_language_and_empty_text_pass_through(m2m100):
     assert m2m100.handle(TranslateRequest("Kalo mine.", "fr", "fr"), NO_CANCEL).text == "Kalo mine."
     assert m2m100.handle(TranslateRequest("", "en", "fr"), NO_CANCEL).text == ""
     assert m2m100.handle(TranslateRequest(" \n ", "en", "fr"), NO_CANCEL).text == " \n "
 
 
+@pytest.mark.slow
 def test_long_text_is_split_batched_and_rejoined(m2m100):
     sentences = generated_sentences(60, seed=3)
     text = " ".join(sentences[:30]) + "\n\n" + " ".join(sentences[30:])
@@ -259,6 +266,7 @@ def test_long_text_is_split_batched_and_rejoined(m2m100):
     assert long.pieces > 1 and long.text
 
 
+@pytest.mark.slow
 def test_nllb_has_every_reflector_language_and_uses_flores_tokens(nllb_model):
     engine = TranslatorEngine(Settings(translation_model=str(nllb_model), device="cpu"))
     info = engine.describe().info
@@ -274,6 +282,7 @@ def test_nllb_has_every_reflector_language_and_uses_flores_tokens(nllb_model):
     assert engine.handle(TranslateRequest(text, "en", "fr"), NO_CANCEL).text == to_fr
 
 
+@pytest.mark.slow
 def test_madlad_puts_the_target_token_first_and_never_prints_it(madlad_model):
     engine = TranslatorEngine(Settings(translation_model=str(madlad_model), device="cpu"))
     info = engine.describe().info

@@ -17,6 +17,8 @@ from app.workers import client
 from app.workers.registry import socket_path
 from app.workers.translator import TranslateRequest, Translation
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def worker(m2m100_model, tmp_path_factory):

@@ -26,18 +26,10 @@ MAX_REDIRECTS = 10
 CHUNK_BYTES = 1024 * 1024
 
 
-def redact(url: str) -> str:
-    """`url` without its query string and credentials: safe for logs and error messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def client(settings: Settings, timeout: float | None = None) -> httpx.AsyncClient:
-    """An httpx client with this service's outbound trust, redirects and time-outs."""
-    seconds = timeout or settings.download_timeout
+def client(settings: Settings) -> httpx.AsyncClient:
+    """An httpx client with this service's outbound trust, redirects and time-outs
+    (`Settings.download_timeout` seconds per read, at most 10 s to connect)."""
+    seconds = settings.download_timeout
     return httpx.AsyncClient(
         verify=ssl_context(settings),
         follow_redirects=True,
@@ -66,7 +58,7 @@ def check_http_url(url: str, name: str = "the audio URL") -> str:
     return parts.hostname if port is None else f"{parts.hostname}:{port}"
 
 
-async def download(settings: Settings, url: str, suffix: str = "") -> Path:
+async def download(settings: Settings, url: str) -> Path:
     """Download `url` into a new file under `settings.tmp_dir` and return its path.
 
     The caller owns the file and deletes it; on any error nothing is left behind. Raises
@@ -77,7 +69,7 @@ async def download(settings: Settings, url: str, suffix: str = "") -> Path:
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     limit = settings.max_download_bytes
     where = urlsplit(url).hostname
-    fd, name = tempfile.mkstemp(prefix="download-", suffix=suffix, dir=settings.tmp_dir)
+    fd, name = tempfile.mkstemp(prefix="download-", dir=settings.tmp_dir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -132,9 +124,9 @@ def _translate(exc: BaseException, host: str | None) -> BaseException:
 
 
 @contextlib.asynccontextmanager
-async def downloaded(settings: Settings, url: str, suffix: str = "") -> AsyncIterator[Path]:
+async def downloaded(settings: Settings, url: str) -> AsyncIterator[Path]:
     """`download()` as a context manager that deletes the file on exit."""
-    path = await download(settings, url, suffix)
+    path = await download(settings, url)
     try:
         yield path
     finally:

@@ -15,6 +15,7 @@ order: memory does not grow with the tracks' length or their offsets.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import av.filter
 
 from app.audio import pipeline
 from app.audio.formats import MIX_BIT_RATE, check_mp3_rate, nearest_mp3_rate
-from app.errors import BadRequest, PayloadTooLarge
+from app.errors import BadRequest
 
 MIX_CODEC = "libmp3lame"
 MIX_FORMAT = "mp3"
@@ -46,6 +47,7 @@ def mix_files(
     labels: list[str] | None = None,
     max_seconds: float | None = None,
     cancel: threading.Event | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> MixOutcome:
     """Mix `sources` into an MP3 at `output`; returns its size, duration and rate.
 
@@ -56,9 +58,9 @@ def mix_files(
     `labels[i]` names source i in errors (default ``"track i"``). Raises `BadRequest`
     (no source, an unusable rate, offsets of the wrong length), `InvalidAudio` (a source
     with no audio stream or undecodable: FFmpeg's reason), `PayloadTooLarge` (a source
-    longer than `max_seconds`, or offsets further apart than that), `Unavailable`
-    (cancelled). The caller deletes `output` on
-    failure.
+    longer than `max_seconds`), `Unavailable` (cancelled). The caller deletes `output` on
+    failure. How far apart the offsets may be is the HTTP route's check (before any
+    download), not repeated here. `progress(done_s, total_s)`: see `pipeline.run_graph`.
     """
     if not sources:
         raise BadRequest("no track to mix")
@@ -74,11 +76,6 @@ def mix_files(
         rate = target_sample_rate or nearest_mp3_rate(tracks[0].native_rate)
         offsets = offsets_seconds or [0.0] * len(tracks)
         base = min(offsets)
-        if max_seconds is not None and max(offsets) - base > max_seconds:
-            raise PayloadTooLarge(
-                f"the offsets place tracks {max(offsets) - base:g} s apart, more than the {max_seconds:g} s "
-                "limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
-            )
         delays = [round((offset - base) * rate) for offset in offsets]
         encoder = pipeline.Encoder(output, MIX_FORMAT, MIX_CODEC, rate, MIX_BIT_RATE)
         try:
@@ -97,7 +94,7 @@ def mix_files(
                     delay.link_to(amix, 0, index)
                 inputs.append((abuffer, track, delay_samples))
             graph.configure()
-            pipeline.run_graph(graph, inputs, sink, encoder, rate, cancel)
+            pipeline.run_graph(graph, inputs, sink, encoder, rate, cancel, progress)
             size = encoder.finish()
         except BaseException:
             encoder.abort()

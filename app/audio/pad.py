@@ -14,6 +14,7 @@ Streaming frame by frame: memory does not grow with the track's length.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +42,14 @@ def pad_file(
     *,
     max_seconds: float | None = None,
     cancel: threading.Event | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> PadOutcome:
     """Write `source` preceded by `start_time_seconds` (s, > 0) of silence to `output`.
 
     The output is WebM with one Opus stream, 48 kHz stereo, 128 kbit/s. Raises
     `InvalidAudio` (no audio stream, undecodable: FFmpeg's reason), `PayloadTooLarge`
     (input longer than `max_seconds`), `Unavailable` (cancelled). The caller deletes
-    `output` on failure.
+    `output` on failure. `progress(done_s, total_s)`: see `pipeline.run_graph`.
     """
     track = pipeline.Track(source, "the track", max_seconds)
     try:
@@ -63,7 +65,7 @@ def pad_file(
                 abuffer.link_to(delay)
                 delay.link_to(aformat)
             graph.configure()
-            pipeline.run_graph(graph, [(abuffer, track, 0)], sink, encoder, PAD_RATE, cancel)
+            pipeline.run_graph(graph, [(abuffer, track, 0)], sink, encoder, PAD_RATE, cancel, progress)
             size = encoder.finish()
         except BaseException:
             encoder.abort()

@@ -75,6 +75,16 @@ class Track:
             raise
         self.native_rate = self._first.sample_rate
 
+    @property
+    def duration_seconds(self) -> float | None:
+        """The length the file states (s; its stream's, else its container's), or None
+        when it states none, as a live WebM recording may. Only for progress estimates."""
+        if self._stream.duration is not None and self._stream.time_base is not None:
+            return float(self._stream.duration * self._stream.time_base)
+        if self._container.duration is not None:
+            return self._container.duration / av.time_base
+        return None
+
     def _decode(self) -> Iterator[av.AudioFrame]:
         """Decoded frames of the first audio stream; packets FFmpeg reports as corrupt are skipped."""
         try:
@@ -226,6 +236,7 @@ def run_graph(
     encoder: Encoder,
     rate: int,
     cancel: threading.Event | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> None:
     """Stream every input through the configured `graph` into `encoder`.
 
@@ -233,6 +244,8 @@ def run_graph(
     from the track whose timeline position (its delay plus what it has pushed) is
     smallest, so no input runs ahead of the mix and the graph's queues stay a few frames
     long. Raises `Unavailable` as soon as `cancel` is set (checked every few frames).
+    `progress(done_s, total_s)`, when given and every input states its length, hears how far
+    the output timeline got (s) as often as the cancel flag is checked.
     Errors from FFmpeg inside the graph or encoder propagate as `av.FFmpegError`.
     """
     if encoder.frame_size:
@@ -241,6 +254,8 @@ def run_graph(
     position = [delay for _, _, delay in inputs]
     pushed = [0] * len(inputs)
     active = set(range(len(inputs)))
+    lengths = [track.duration_seconds for _, track, _ in inputs]
+    total = None if None in lengths else max(d / rate + n for (_, _, d), n in zip(inputs, lengths))
     count = 0
     while active:
         index = min(active, key=position.__getitem__)
@@ -259,6 +274,8 @@ def run_graph(
         count += 1
         if cancel is not None and count % _CANCEL_CHECK_FRAMES == 0 and cancel.is_set():
             raise Unavailable("cancelled: the client went away")
+        if progress is not None and total and active and count % _CANCEL_CHECK_FRAMES == 0:
+            progress(min(position[i] for i in active) / rate, total)
     _drain(sink, encoder.encode, until_eof=True)
 
 

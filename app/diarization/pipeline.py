@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from app.models import ModelNotFound, looks_like_path
+from app.errors import ModelNotFound
+from app.models import looks_like_path
 
 log = logging.getLogger("app.diarization")
 

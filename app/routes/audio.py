@@ -1,4 +1,6 @@
-"""``POST /pad`` and ``POST /mixdown``: presigned object-store URLs in, presigned PUT out.
+"""``POST /pad``, ``POST /mixdown`` and ``POST /v1/audio/mixdown``: presigned object-store URLs
+in, presigned PUT out. ``/v1/audio/mixdown`` is the shape Reflector's mixdown client (branch
+``feature/modal-mixdown``) calls; it mixes on the same engine as ``/mixdown``.
 
 Each request downloads its inputs into ``<state>/tmp`` (`app.audio.fetch`), has the audio
 worker encode the output next to them (`app.workers.audio`), PUTs the output to
@@ -11,41 +13,51 @@ reason, a download failure keeps fetch's status (404, 502, 504, 413), an upload 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from typing import Annotated
+
 import msgspec
 from litestar import Request, post
+from msgspec import Meta
 
 from app.audio.fetch import download
-from app.audio.formats import check_mp3_rate
 from app.audio.upload import check_output_url, upload
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
 from app.routes import JSON_BODY_LIMIT_BYTES
 from app.routes.disconnect import while_connected
+from app.schemas import Mp3Rate, TrackOffset, TrackStart, Url
 from app.settings import Settings
 from app.workers import client
 from app.workers.audio import Encoded, MixdownRequest, PadRequest
 
-MAX_OFFSET_SECONDS = 18000.0  # 5 hours: the contract's bound for start times and offsets
+log = logging.getLogger("app.audio")
+MAX_TRACKS = 64  # a bound on one mixdown's inputs (a meeting's participants), not an FFmpeg limit
+
+# `cancelled` in both answers: Reflector's client cancels its task when it reads
+# ``cancelled: true``. This host cancels a job only when its client has left, and then no
+# answer is sent, so every answer that arrives says false; the field stays for the contract.
 
 
 class PadBody(msgspec.Struct):
     """Body of ``/pad``: pad `track_url` with `start_time_seconds` (s) of silence, PUT to `output_url`.
 
-    `track_index` is the track's position in Reflector's recording; accepted and logged only.
+    `track_index` is the track's position in Reflector's recording; it changes nothing and
+    is logged with the job, so an operator can tell a recording's tracks apart.
     """
 
-    track_url: str
-    output_url: str
-    start_time_seconds: float
-    track_index: int | None = None
+    track_url: Url
+    output_url: Url
+    start_time_seconds: TrackStart
+    track_index: Annotated[int, Meta(ge=0)] | None = None
 
 
 class PadResult(msgspec.Struct):
-    """`size`: bytes uploaded. `cancelled` is always false in a response that arrives."""
+    """`size`: bytes uploaded. `cancelled` is always false (see above)."""
 
     size: int
     cancelled: bool = False
@@ -58,18 +70,39 @@ class MixdownBody(msgspec.Struct):
     first decodable track's rate.
     """
 
-    track_urls: list[str]
-    output_url: str
-    target_sample_rate: int | None = None
-    offsets_seconds: list[float] | None = None
+    track_urls: Annotated[list[Url], Meta(max_length=MAX_TRACKS)]
+    output_url: Url
+    target_sample_rate: Mp3Rate | None = None
+    offsets_seconds: Annotated[list[TrackOffset], Meta(max_length=MAX_TRACKS)] | None = None
 
 
 class MixdownResult(msgspec.Struct):
-    """`size`: bytes uploaded; `duration_ms`: length of the encoded audio (ms)."""
+    """`size`: bytes uploaded; `duration_ms`: length of the encoded audio (ms); `cancelled`
+    always false (see above)."""
 
     size: int
     duration_ms: float
     cancelled: bool = False
+
+
+class MixdownV1Body(msgspec.Struct):
+    """Body of ``/v1/audio/mixdown``: mix the non-empty `track_urls` from their starts into an
+    MP3 at `target_sample_rate` (Hz) and PUT it to `output_url`. `expected_duration_sec`
+    (s) is accepted and ignored: the mix is as long as its longest track."""
+
+    track_urls: Annotated[list[Url], Meta(max_length=MAX_TRACKS)]
+    output_url: Url
+    target_sample_rate: Mp3Rate = 48000
+    expected_duration_sec: Annotated[float, Meta(ge=0)] | None = None
+
+
+class MixdownV1Result(msgspec.Struct):
+    """`duration_ms`: length of the encoded mix (ms); `tracks_mixed`: tracks in the mix;
+    `audio_uploaded`: true once the PUT succeeded (a failure is an error answer instead)."""
+
+    duration_ms: float
+    tracks_mixed: int
+    audio_uploaded: bool
 
 
 @contextlib.asynccontextmanager
@@ -112,11 +145,8 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
         raise BadRequest("track_url is empty")
     if not output_url:
         raise BadRequest("output_url is empty")
-    if not 0 < data.start_time_seconds <= MAX_OFFSET_SECONDS:
-        raise BadRequest(
-            f"start_time_seconds must be > 0 and <= {MAX_OFFSET_SECONDS:g} (5 hours); got {data.start_time_seconds:g}"
-        )
     check_output_url(output_url)
+    log.info("pad: track_index=%s start_time_seconds=%.3f", data.track_index, data.start_time_seconds)
 
     async def work() -> int:
         async with _scratch() as paths:
@@ -143,9 +173,7 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
     ``target_sample_rate`` is not a rate MP3 can carry; 413 when the offsets (negative ones
     are allowed) spread the tracks further apart than ``REFLECTOR_GPU_MAX_AUDIO_SECONDS``.
     """
-    chosen = [(index, url.strip()) for index, url in enumerate(data.track_urls) if url.strip()]
-    if not chosen:
-        raise BadRequest("track_urls holds no non-empty URL")
+    chosen, output_url = _tracks_and_output(data.track_urls, data.output_url)
     offsets = data.offsets_seconds
     if offsets is not None:
         if len(offsets) != len(data.track_urls):
@@ -153,20 +181,43 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
                 f"offsets_seconds has {len(offsets)} values but track_urls has {len(data.track_urls)}; "
                 "give one offset per track"
             )
-        if any(offset > MAX_OFFSET_SECONDS for offset in offsets):
-            raise BadRequest(f"offsets_seconds values must be <= {MAX_OFFSET_SECONDS:g} (5 hours)")
-    output_url = data.output_url.strip()
-    if not output_url:
-        raise BadRequest("output_url is empty")
-    if data.target_sample_rate is not None:
-        check_mp3_rate(data.target_sample_rate)
-    check_output_url(output_url)
     used = [0.0] if offsets is None else [offsets[index] for index, _ in chosen]
     if max(used) - min(used) > settings.max_audio_seconds:
         raise PayloadTooLarge(
             f"the offsets place tracks {max(used) - min(used):g} s apart, more than the "
             f"{settings.max_audio_seconds:g} s limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
         )
+    size, duration_ms = await _mix(
+        request, settings, chosen, None if offsets is None else used, data.target_sample_rate, output_url
+    )
+    return MixdownResult(size=size, duration_ms=duration_ms)
+
+
+def _tracks_and_output(track_urls: list[str], output_url: str) -> tuple[list[tuple[int, str]], str]:
+    """The non-empty track URLs with their indexes, and the checked output URL (stripped).
+
+    BadRequest when no track URL is left or `output_url` is empty or not http(s)."""
+    chosen = [(index, url.strip()) for index, url in enumerate(track_urls) if url.strip()]
+    if not chosen:
+        raise BadRequest("track_urls holds no non-empty URL")
+    output_url = output_url.strip()
+    if not output_url:
+        raise BadRequest("output_url is empty")
+    check_output_url(output_url)
+    return chosen, output_url
+
+
+async def _mix(
+    request: Request,
+    settings: Settings,
+    chosen: list[tuple[int, str]],
+    offsets: list[float] | None,
+    target_sample_rate: int | None,
+    output_url: str,
+) -> tuple[int, float]:
+    """Download the `chosen` (index, URL) tracks, mix them on the audio worker, PUT the MP3.
+
+    Returns (bytes uploaded, duration in ms)."""
     labels = [f"track {index}" for index, _ in chosen]
 
     async def work() -> tuple[int, float]:
@@ -179,8 +230,8 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
                 MixdownRequest(
                     sources=[str(path) for path in sources],
                     output=str(output),
-                    offsets_seconds=None if offsets is None else used,
-                    target_sample_rate=data.target_sample_rate,
+                    offsets_seconds=offsets,
+                    target_sample_rate=target_sample_rate,
                     labels=labels,
                 ),
                 Encoded,
@@ -188,5 +239,16 @@ async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> Mi
             request.state.audio_seconds = encoded.duration_ms / 1000
             return await upload(settings, output_url, output, "audio/mpeg"), encoded.duration_ms
 
-    size, duration_ms = await while_connected(request, work())
-    return MixdownResult(size=size, duration_ms=duration_ms)
+    return await while_connected(request, work())
+
+
+@post("/v1/audio/mixdown", name="mixdown-v1", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
+async def mixdown_v1(request: Request, data: MixdownV1Body, settings: Settings) -> MixdownV1Result:
+    """Mix the tracks from their starts (summed, no normalising) into an MP3; PUT it to ``output_url``.
+
+    Reflector's ``feature/modal-mixdown`` client shape. Empty URLs are skipped. 400 when no
+    URL is left, ``output_url`` is empty, or ``target_sample_rate`` is not a rate MP3 can carry.
+    """
+    chosen, output_url = _tracks_and_output(data.track_urls, data.output_url)
+    _, duration_ms = await _mix(request, settings, chosen, None, data.target_sample_rate, output_url)
+    return MixdownV1Result(duration_ms=duration_ms, tracks_mixed=len(chosen), audio_uploaded=True)

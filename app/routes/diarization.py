@@ -15,11 +15,11 @@ from litestar import Request, post
 
 from app.audio.fetch import downloaded
 from app.errors import BadRequest
-from app.routes import check_offset
 from app.routes.disconnect import while_connected
+from app.schemas import TimestampOffsetQuery, Turn, public_turns
 from app.settings import Settings
 from app.workers import client
-from app.workers.diarizer import Diarization, DiarizeRequest, Turn
+from app.workers.diarizer import Diarization, DiarizeRequest
 
 
 MAX_SPEAKERS = 64  # a bound on hints, far above what a meeting recording holds
@@ -48,7 +48,7 @@ async def diarize(
     request: Request,
     settings: Settings,
     audio_file_url: str,
-    timestamp: float = 0.0,
+    timestamp: TimestampOffsetQuery = 0.0,
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
@@ -61,7 +61,6 @@ async def diarize(
     url = audio_file_url.strip()
     if not url:
         raise BadRequest("audio_file_url is empty")
-    check_offset(timestamp, "timestamp")
     check_speaker_hints(num_speakers, min_speakers, max_speakers)
     job = DiarizeRequest(path="", timestamp=timestamp, num_speakers=num_speakers, min_speakers=min_speakers,
                          max_speakers=max_speakers)
@@ -72,4 +71,4 @@ async def diarize(
 
     result = await while_connected(request, work())
     request.state.audio_seconds = result.duration
-    return DiarizationResult(diarization=result.diarization)
+    return DiarizationResult(diarization=public_turns(result.diarization))

@@ -10,7 +10,8 @@ from litestar import Response, get
 
 from app.settings import Settings
 from app.workers import client
-from app.workers.registry import WORKERS
+from app.workers.protocol import Pong
+from app.workers.registry import WORKERS, failed_marker
 
 WorkerState = Literal["ready", "loading", "failed", "not configured"]
 
@@ -19,12 +20,35 @@ class Health(msgspec.Struct):
     status: Literal["ok"] = "ok"
 
 
+class ReplicaState(msgspec.Struct):
+    """One worker process: its `state`, the seconds of audio it has queued, its measured
+    real-time factor (processing s per audio s; None before its first job), its jobs
+    running or queued, and how long its model took to load (s)."""
+
+    replica: int
+    state: WorkerState
+    queued_seconds: float = 0.0
+    rtf: float | None = None
+    busy: int = 0
+    load_seconds: float | None = None
+
+
 class Readiness(msgspec.Struct):
-    """`status`: ``ready`` when every configured worker answers a ping; ``degraded`` when one
-    is down after a crash or a failed start (the supervisor is restarting it); else ``loading``."""
+    """`status`: ``ready`` when every replica of every configured worker answers a ping;
+    ``degraded`` when one is down after a crash or a failed start (the supervisor is
+    restarting it); else ``loading``. `workers`: one state per kind (``ready`` only when all
+    its replicas are); `replicas`: the per-replica detail."""
 
     status: Literal["ready", "loading", "degraded"]
     workers: dict[str, WorkerState]
+    replicas: dict[str, list[ReplicaState]] = {}
+
+
+def _replica_state(settings: Settings, kind: str, replica: int, pong: Pong | None) -> ReplicaState:
+    if pong is not None:
+        return ReplicaState(replica, "ready", pong.queued_seconds, pong.rtf, pong.busy, pong.load_seconds)
+    state: WorkerState = "failed" if failed_marker(settings, kind, replica).exists() else "loading"
+    return ReplicaState(replica, state)
 
 
 @get("/health", opt={"open": True}, name="health", sync_to_thread=False)
@@ -35,18 +59,18 @@ def health() -> Health:
 
 @get("/ready", opt={"open": True}, name="ready")
 async def ready(settings: Settings) -> Response[Readiness]:
-    """200 when every configured worker has loaded its model and answers a ping, else 503."""
-    configured = [w for w in WORKERS if w.configured(settings)]
-    pongs = await asyncio.gather(*(client.ping(settings, w.kind) for w in configured))
+    """200 when every replica of every configured worker has loaded its model and answers a
+    ping, else 503."""
+    targets = [(w.kind, i) for w in WORKERS if w.configured(settings) for i in range(w.replicas(settings))]
+    pongs = await asyncio.gather(*(client.ping(settings, kind, i) for kind, i in targets))
+    replicas: dict[str, list[ReplicaState]] = {}
+    for (kind, i), pong in zip(targets, pongs):
+        replicas.setdefault(kind, []).append(_replica_state(settings, kind, i, pong))
     states: dict[str, WorkerState] = {w.kind: "not configured" for w in WORKERS}
-    for worker, pong in zip(configured, pongs):
-        if pong is not None:
-            states[worker.kind] = "ready"
-        elif (settings.run_dir / f"{worker.kind}.failed").exists():
-            states[worker.kind] = "failed"
-        else:
-            states[worker.kind] = "loading"
+    for kind, found in replicas.items():
+        kinds = {r.state for r in found}
+        states[kind] = "ready" if kinds == {"ready"} else "failed" if "failed" in kinds else "loading"
     is_ready = all(pong is not None for pong in pongs)
     status = "ready" if is_ready else "degraded" if "failed" in states.values() else "loading"
-    body = Readiness(status=status, workers=states)
+    body = Readiness(status=status, workers=states, replicas=replicas)
     return Response(body, status_code=200 if is_ready else 503)

@@ -6,8 +6,9 @@ in the query and the languages in a JSON body. Both work: each parameter comes f
 query string when present there, else from the JSON body, else its default (``en`` ->
 ``fr``). The answer is ``{"text": {<source>: <input>, <target>: <translation>}}``.
 
-Same source and target (a code in the language table) answer the text unchanged without
-the model. Text over ``REFLECTOR_GPU_MAX_TRANSLATE_CHARS`` characters is refused with 413.
+Text, length and both codes (Reflector's language table) are checked first, so a bad
+request is 400/413 even on a host without a translation model. Same source and target
+answer the text unchanged without the model. Text over ``REFLECTOR_GPU_MAX_TRANSLATE_CHARS`` characters is refused with 413.
 Everything else goes to the translator worker, which answers 400 for a language the loaded
 model lacks (listing those it has); with no model installed the worker is not configured
 and the answer is 503 saying how to install one.
@@ -47,9 +48,15 @@ class TranslationResult(msgspec.Struct):
     text: dict[str, str]
 
 
-def _code(value: str | None, default: str) -> str:
-    value = (value or "").strip().lower()
-    return value or default
+def _code(value: str | None, default: str, side: str) -> str:
+    """The lower-cased code, `default` when empty; `BadRequest` for a code not in the table."""
+    code = (value or "").strip().lower() or default
+    table = load_table()
+    if code not in table:
+        raise BadRequest(
+            f"{side}: {code[:20]!r} is not a language code this service knows; known codes: {', '.join(sorted(table))}"
+        )
+    return code
 
 
 @post("/translate", name="translate", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
@@ -68,8 +75,6 @@ async def translate(
     """
     body = data or TranslationParameters()
     text = text if text is not None else body.text
-    source = _code(source_language if source_language is not None else body.source_language, DEFAULT_SOURCE)
-    target = _code(target_language if target_language is not None else body.target_language, DEFAULT_TARGET)
     if text is None:
         raise BadRequest("no text: send it as the 'text' query parameter (or in a JSON body)")
     if len(text) > settings.max_translate_chars:
@@ -77,7 +82,10 @@ async def translate(
             f"text of {len(text)} characters is over the {settings.max_translate_chars}-character limit "
             "(REFLECTOR_GPU_MAX_TRANSLATE_CHARS); send it in parts"
         )
-    if source == target and source in load_table():
+    # Everything the request can get wrong is checked here, before a missing model answers 503.
+    source = _code(source_language if source_language is not None else body.source_language, DEFAULT_SOURCE, "source_language")
+    target = _code(target_language if target_language is not None else body.target_language, DEFAULT_TARGET, "target_language")
+    if source == target:
         return TranslationResult(text={source: text})
     result = await client.call(settings, "translator", TranslateRequest(text, source, target), Translation)
     return TranslationResult(text={source: text, target: result.text})

@@ -17,6 +17,7 @@ import msgspec
 
 from app.errors import ServiceError
 from app.settings import Settings
+from app.workers.progress import ProgressLog
 from app.workers.protocol import Pong
 
 log = logging.getLogger("app.worker.audio")
@@ -85,6 +86,7 @@ class AudioEngine:
         from app.audio.pad import pad_file
 
         output = Path(request.output)
+        progress = ProgressLog(log, "pad" if isinstance(request, PadRequest) else "mixdown")
         try:
             if isinstance(request, PadRequest):
                 padded = pad_file(
@@ -93,6 +95,7 @@ class AudioEngine:
                     request.start_time_seconds,
                     max_seconds=self.settings.max_audio_seconds,
                     cancel=cancel,
+                    progress=progress.update,
                 )
                 return Encoded(size=padded.size, duration_ms=padded.duration_ms, sample_rate=PAD_RATE)
             mixed = mix_files(
@@ -103,6 +106,7 @@ class AudioEngine:
                 labels=request.labels,
                 max_seconds=self.settings.max_audio_seconds,
                 cancel=cancel,
+                progress=progress.update,
             )
             return Encoded(size=mixed.size, duration_ms=mixed.duration_ms, sample_rate=mixed.sample_rate)
         except BaseException:

@@ -1,8 +1,10 @@
 """The HTTP side's client for the model workers.
 
-`call()` opens one connection per request to ``<state>/run/<kind>.sock``, sends the
-request, and waits for the reply. While a worker is (re)starting its socket is missing or
-refuses connections: the client keeps trying for `Settings.worker_start_timeout` seconds.
+`call()` picks a replica of the worker kind (the one with the least queued audio, asked
+with a `Ping`; replica ``i`` listens on ``<state>/run/<kind>-<i>.sock``), opens one
+connection for the request, sends it, and waits for the reply. While a worker is
+(re)starting its socket is missing or refuses connections: the client keeps trying for
+`Settings.worker_start_timeout` seconds (30 by default, well inside the live client's 90).
 A worker that dies while holding the request closes the connection without a reply, which
 becomes `Unavailable` (503). If the calling task is cancelled (the HTTP client went away),
 the connection is closed and the worker cancels the job.
@@ -11,17 +13,19 @@ the connection is closed and the worker cancels the job.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any, TypeVar, Union
 
 import msgspec
 
-from app.errors import Unavailable, from_failure
+from app.errors import Unavailable, WorkerReplyInvalid, from_failure
 from app.settings import Settings
-from app.workers.protocol import Accepted, Failure, Ping, Pong, encode_frame, read_frame
+from app.workers.protocol import Accepted, Failure, FrameTooLarge, Ping, Pong, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
 
 _R = TypeVar("_R", bound=msgspec.Struct)
+_turns = itertools.count()
 
 
 async def _connect(path: str, deadline: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -36,8 +40,21 @@ async def _connect(path: str, deadline: float) -> tuple[asyncio.StreamReader, as
             delay = min(delay * 2, 1.0)
 
 
+async def pick_replica(settings: Settings, kind: str) -> int:
+    """The replica of `kind` with the least queued audio (then the fewest jobs, then the
+    next in turn) among those answering a ping; the next in turn when none answers."""
+    count = spec(kind).replicas(settings)
+    if count == 1:
+        return 0
+    pongs = await asyncio.gather(*(ping(settings, kind, replica, timeout=1.0) for replica in range(count)))
+    turn = next(_turns)  # ties (say, an idle host) go round the replicas
+    answering = [(p.queued_seconds, p.busy, (i - turn) % count, i) for i, p in enumerate(pongs) if p is not None]
+    return min(answering)[3] if answering else turn % count
+
+
 async def call(settings: Settings, kind: str, request: msgspec.Struct, result_type: type[_R]) -> _R:
-    """Send `request` to the `kind` worker and return its `result_type` reply.
+    """Send `request` to a replica of the `kind` worker (`pick_replica`) and return its
+    `result_type` reply.
 
     Raises the `app.errors.ServiceError` the worker reported, or `Unavailable` when the
     worker is not configured, does not come up in time, or dies during the job.
@@ -45,7 +62,7 @@ async def call(settings: Settings, kind: str, request: msgspec.Struct, result_ty
     worker = spec(kind)
     if not worker.configured(settings):
         raise Unavailable(worker.not_configured_detail or f"{kind} is not configured on this host")
-    path = str(socket_path(settings, kind))
+    path = str(socket_path(settings, kind, await pick_replica(settings, kind)))
     deadline = time.monotonic() + settings.worker_start_timeout
     decoder = msgspec.msgpack.Decoder(Union[Accepted, result_type, Failure])
     while True:
@@ -71,6 +88,8 @@ async def call(settings: Settings, kind: str, request: msgspec.Struct, result_ty
                     reply = None if body is None else decoder.decode(body)
         except (ConnectionError, BrokenPipeError):
             reply = None
+        except (FrameTooLarge, msgspec.DecodeError) as exc:
+            raise WorkerReplyInvalid(f"the {kind} worker sent a reply this server cannot read ({exc}); retry") from None
         finally:
             writer.close()
         if reply is not None:
@@ -86,19 +105,22 @@ async def call(settings: Settings, kind: str, request: msgspec.Struct, result_ty
     return reply
 
 
-async def ping(settings: Settings, kind: str, timeout: float = 2.0) -> Pong | None:
-    """The worker's `Pong`, or None when it is not listening or does not answer in `timeout` s."""
+async def ping(settings: Settings, kind: str, replica: int = 0, timeout: float = 2.0) -> Pong | None:
+    """Replica `replica`'s `Pong`, or None when it is not listening or does not answer in `timeout` s."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(socket_path(settings, kind)))
+            reader, writer = await asyncio.open_unix_connection(str(socket_path(settings, kind, replica)))
             try:
                 writer.write(encode_frame(Ping()))
                 await writer.drain()
                 body = await read_frame(reader)
             finally:
                 writer.close()
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, FrameTooLarge):
         return None
     if body is None:
         return None
-    return msgspec.msgpack.decode(body, type=Pong)
+    try:
+        return msgspec.msgpack.decode(body, type=Pong)
+    except msgspec.DecodeError:
+        return None

@@ -143,8 +143,10 @@ class DiarizerEngine:
 
         import torch
 
-        if settings.cpu_threads > 0:
-            torch.set_num_threads(settings.cpu_threads)
+        from app.workers import devices
+
+        threads = devices.cpu_threads(settings, settings.diarization_replicas)
+        torch.set_num_threads(threads)
         self.device = torch_device(settings)
         batch_sizes = {
             name: value for name, value in (
@@ -158,7 +160,7 @@ class DiarizerEngine:
         started = time.monotonic()
         self.pipeline = self.fast = None
         if self.source.kind == "fast":
-            self.fast = _load_fast(self.source.location, self.options, settings.cpu_threads, batch_sizes)
+            self.fast = _load_fast(self.source.location, self.options, threads, batch_sizes)
             backend = f", CAM++ on {self.fast.backend}"
         else:
             from app.diarization.pipeline import load_pipeline
@@ -244,7 +246,7 @@ def _load_fast(bundle: str, options, threads: int, batch_sizes: dict[str, int] |
     from app.diarization import embedded
     from app.diarization.fast import FastDiarizer, FastOptions
     from app.diarization.pipeline import SETTING
-    from app.models import ModelNotFound
+    from app.errors import ModelNotFound
 
     if not embedded.is_prepared(Path(bundle), with_config=False):
         raise ModelNotFound(

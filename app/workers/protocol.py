@@ -35,7 +35,8 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     `queued_seconds`: seconds of audio accepted and not yet processed; `rtf`: measured
     real-time factor of recent work (processing seconds per audio second; None before the
     first job); `jobs_done`: jobs finished since start (any outcome); `load_seconds`: how
-    long loading the model took.
+    long loading the model took; `stalled_seconds`: how long the engine has held work
+    without showing progress (0 when idle), which the supervisor's watchdog reads.
     """
 
     kind: str
@@ -48,6 +49,7 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     rtf: float | None = None
     jobs_done: int = 0
     load_seconds: float | None = None
+    stalled_seconds: float = 0.0
 
 
 class Accepted(msgspec.Struct, tag="accepted", frozen=True):
@@ -62,6 +64,10 @@ class Failure(msgspec.Struct, tag="failure", frozen=True):
     retry_after: int | None = None
 
 
+class FrameTooLarge(ValueError):
+    """A frame's length prefix is over `MAX_FRAME_BYTES` (a corrupt stream or a runaway reply)."""
+
+
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -74,7 +80,7 @@ def encode_frame(message: msgspec.Struct) -> bytes:
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
     """Read one frame's body; None when the peer closed the connection first.
 
-    Raises `ValueError` for a frame over `MAX_FRAME_BYTES`.
+    Raises `FrameTooLarge` (a `ValueError`) for a frame over `MAX_FRAME_BYTES`.
     """
     try:
         header = await reader.readexactly(_LENGTH.size)
@@ -82,7 +88,7 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return None
     (length,) = _LENGTH.unpack(header)
     if length > MAX_FRAME_BYTES:
-        raise ValueError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+        raise FrameTooLarge(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte limit")
     try:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:

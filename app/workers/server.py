@@ -1,17 +1,24 @@
 """The loop one worker process runs: load an engine, then serve its Unix socket.
 
-Jobs run one at a time on a single thread (one model, one device); the asyncio loop stays
-free to answer `Ping`, to refuse work past the queue limit (`Failure("Unavailable")` with
-``Retry-After``), and to notice a client that hung up, which sets the job's cancel event.
-The socket is bound only after the model has loaded, so a client that can connect is
-talking to a ready worker.
+The asyncio loop stays free to answer `Ping`, to refuse work past the queue limits
+(`Failure("Unavailable")` with ``Retry-After``), and to notice a client that hung up, which
+sets the job's cancel event. The socket is bound only after the model has loaded, so a
+client that can connect is talking to a ready worker.
 
 An engine is a class with:
 - ``kind: str`` and ``request_types: tuple[type[msgspec.Struct], ...]`` (tagged structs);
 - ``__init__(settings)``: loads the model; raises `app.errors.ServiceError` or anything;
 - ``describe() -> Pong``;
-- ``handle(request, cancel: threading.Event) -> msgspec.Struct``: runs one job; raises
-  `app.errors.ServiceError` subclasses for failures the client should see.
+- either ``handle(request, cancel: threading.Event) -> msgspec.Struct``: runs one job;
+  jobs then run one at a time on one thread (one model, one device);
+- or ``prepare(request) -> Job`` plus a ``scheduler`` (`app.workers.scheduler.Scheduler`):
+  ``prepare`` decodes and cuts the job on a small pool of threads, then its pieces are
+  queued and the scheduler batches pieces across jobs.
+  The job is then refused when the audio already queued is over
+  ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` (live jobs excepted, since they go first), with a
+  ``Retry-After`` estimated from the backlog and the measured real-time factor; a client
+  that leaves has its queued pieces dropped at once.
+Either raises `app.errors.ServiceError` subclasses for failures the client should see.
 """
 
 from __future__ import annotations
@@ -23,16 +30,20 @@ import os
 import signal
 import sys
 import threading
+import time
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
 
 import msgspec
 
 from app import settings as settings_module
-from app.errors import ServiceError
+from app.errors import ServiceError, Unavailable
 from app.logs import setup_logging
+from app.workers import devices
 from app.workers.protocol import Accepted, Failure, Ping, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
+from app.workers.scheduler import Job
 
 log = logging.getLogger("app.worker")
 
@@ -43,14 +54,43 @@ def load_engine_class(path: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-class WorkerServer:
-    """Serves one loaded engine on a Unix socket; see the module docstring."""
+PREPARE_THREADS = 2  # requests decoded and cut at once while batches run
 
-    def __init__(self, engine: Any, queue_size: int) -> None:
+
+class ProgressEvent(threading.Event):
+    """The cancel flag handed to an engine: every look at it (`is_set`) also tells the
+    worker that the engine is alive and making progress (engines look between steps:
+    batches, frames, pipeline hooks), which the watchdog reads as `Pong.stalled_seconds`."""
+
+    def __init__(self, on_progress) -> None:
+        super().__init__()
+        self._on_progress = on_progress
+
+    def is_set(self) -> bool:
+        self._on_progress()
+        return super().is_set()
+MAX_RETRY_AFTER_SECONDS = 3600
+
+
+class WorkerServer:
+    """Serves one loaded engine on a Unix socket; see the module docstring.
+
+    `queue_size`: jobs running or queued before refusing; `queue_audio_seconds`: seconds of
+    queued audio before refusing a recording (scheduled engines only); `replica`: this
+    worker's index among its kind's replicas (reported in `Pong`).
+    """
+
+    def __init__(self, engine: Any, queue_size: int, queue_audio_seconds: float = math.inf, replica: int = 0) -> None:
         self.engine = engine
         self.queue_size = queue_size
+        self.queue_audio_seconds = queue_audio_seconds
+        self.replica = replica
         self.pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=engine.kind)
+        self.jobs_done = 0
+        self._last_progress = time.monotonic()
+        self.scheduled = hasattr(engine, "scheduler")
+        workers = PREPARE_THREADS if self.scheduled else 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=engine.kind)
         self._decoder = msgspec.msgpack.Decoder(Union[(Ping, *engine.request_types)])  # type: ignore[misc]
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -77,42 +117,118 @@ class WorkerServer:
         finally:
             writer.close()
 
+    def progress(self) -> None:
+        """Note that the engine is making progress (see `ProgressEvent`)."""
+        self._last_progress = time.monotonic()
+
+    def stalled_seconds(self) -> float:
+        """Seconds the engine has held work without progress; 0 when idle."""
+        if self.pending == 0:
+            return 0.0
+        last = self._last_progress
+        scheduler = getattr(self.engine, "scheduler", None)
+        if scheduler is not None:
+            last = max(last, scheduler.last_progress)
+        return max(0.0, time.monotonic() - last)
+
+    def pong(self) -> msgspec.Struct:
+        """The engine's `Pong` with this server's queue figures."""
+        pong = self.engine.describe()
+        return msgspec.structs.replace(
+            pong, busy=self.pending, replica=self.replica, jobs_done=self.jobs_done,
+            stalled_seconds=round(self.stalled_seconds(), 3),
+        )
+
     async def _dispatch(
         self, request: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> msgspec.Struct | None:
         if isinstance(request, Ping):
-            pong = self.engine.describe()
-            return msgspec.structs.replace(pong, busy=self.pending)
+            return self.pong()
         if self.pending >= self.queue_size:
             return Failure(
                 "Unavailable",
                 f"the {self.engine.kind} worker has {self.pending} jobs running or queued "
                 f"(REFLECTOR_GPU_QUEUE_SIZE={self.queue_size}); retry later",
-                retry_after=5,
+                retry_after=self._retry_after(),
             )
-        writer.write(encode_frame(Accepted()))
-        await writer.drain()
-        cancel = threading.Event()
-        self.pending += 1
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._run, request, cancel)
-        hangup = asyncio.ensure_future(reader.read(1))  # b"" when the client goes away
+        if self.pending == 0:
+            self.progress()  # idle time is no stall
+        self.pending += 1  # counted before any await, so the limit above sees every job
         try:
-            done, _ = await asyncio.wait({job, hangup}, return_when=asyncio.FIRST_COMPLETED)
-            if job not in done:
-                cancel.set()  # the client left; the job stops at its next check
-                await asyncio.wait({job})
-                return None
-            return job.result()
+            writer.write(encode_frame(Accepted()))
+            await writer.drain()
+            cancel = ProgressEvent(self.progress)
+            loop = asyncio.get_running_loop()
+            job = loop.run_in_executor(self._executor, self._start, request, cancel)
+            hangup = asyncio.ensure_future(reader.read(1))  # b"" when the client goes away
+            try:
+                done, _ = await asyncio.wait({job, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if job not in done:
+                    cancel.set()  # the client left; the job stops at its next check
+                    await asyncio.wait({job})
+                    if isinstance(job.result(), Job):
+                        self._cancel(job.result())
+                    return None
+                if not isinstance(job.result(), Job):
+                    return job.result()
+                # A scheduled job: its pieces are queued; wait for them or the hangup.
+                queued: Job = job.result()
+                finished = asyncio.wrap_future(queued.future)
+                done, _ = await asyncio.wait({finished, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if finished not in done:
+                    self._cancel(queued)
+                    return None
+                return self._reply(finished)
+            finally:
+                hangup.cancel()
         finally:
-            hangup.cancel()
             self.pending -= 1
+            self.jobs_done += 1
 
-    def _run(self, request: Any, cancel: threading.Event) -> msgspec.Struct:
+    def _cancel(self, job: Job) -> None:
+        """The client left: drop the job's queued pieces now."""
+        self.engine.scheduler.cancel(job, Unavailable("cancelled: the client went away"))
+
+    def _retry_after(self, backlog_seconds: float | None = None) -> int:
+        """Seconds until the worker has room: the queued audio at the measured real-time
+        factor when known (scheduled engines), else 5."""
+        scheduler = getattr(self.engine, "scheduler", None)
+        if scheduler is None:
+            return 5
+        wait = scheduler.estimated_wait(scheduler.queued_seconds if backlog_seconds is None else backlog_seconds)
+        return 5 if wait is None else int(min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(wait))))
+
+    def _reply(self, finished: asyncio.Future) -> msgspec.Struct:
+        try:
+            return finished.result()
+        except ServiceError as exc:
+            return Failure(type(exc).__name__, exc.detail, exc.retry_after)
+        except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
+            log.error("%s job failed", self.engine.kind, exc_info=exc)
+            return Failure("WorkerFailed", f"the {self.engine.kind} worker failed: {type(exc).__name__}")
+
+    def _start(self, request: Any, cancel: threading.Event) -> msgspec.Struct | Job:
+        """On an executor thread: run a plain engine's job, or prepare and queue a
+        scheduled engine's job (returning it; its future holds the result)."""
         if cancel.is_set():
             return Failure("Unavailable", "cancelled: the client went away")
         try:
-            return self.engine.handle(request, cancel)
+            if not self.scheduled:
+                return self.engine.handle(request, cancel)
+            job = self.engine.prepare(request)
+            scheduler = self.engine.scheduler
+            backlog = scheduler.queued_seconds
+            if job.priority != "live" and backlog > 0 and backlog + job.seconds > self.queue_audio_seconds:
+                return Failure(
+                    "Unavailable",
+                    f"the {self.engine.kind} worker has {backlog:.0f} s of audio queued "
+                    f"(REFLECTOR_GPU_QUEUE_AUDIO_SECONDS={self.queue_audio_seconds:g}); retry later",
+                    retry_after=self._retry_after(backlog),
+                )
+            if cancel.is_set():
+                return Failure("Unavailable", "cancelled: the client went away")
+            scheduler.submit(job)
+            return job
         except ServiceError as exc:
             return Failure(type(exc).__name__, exc.detail, exc.retry_after)
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
@@ -135,15 +251,19 @@ async def _serve(server: WorkerServer, path: str) -> None:
         os.unlink(path)
 
 
-def main(kind: str) -> None:
-    """Worker process entry: read settings, load the `kind` engine, serve until SIGTERM.
+def main(kind: str, replica: int = 0) -> None:
+    """Worker process entry: read settings, load the `kind` engine as replica `replica`,
+    serve until SIGTERM.
 
     Exits with status 3 when the model cannot be loaded (the log says why).
     """
     settings = settings_module.load()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping is the entrypoint's decision (SIGTERM)
+    devices.set_replica(replica)
     worker = spec(kind)
+    if worker.nice:
+        os.nice(worker.nice)
     try:
         engine = load_engine_class(worker.engine)(settings)
     except ServiceError as exc:
@@ -153,7 +273,13 @@ def main(kind: str) -> None:
         log.exception("%s worker cannot load its model", kind)
         sys.exit(3)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_serve(WorkerServer(engine, settings.queue_size), str(socket_path(settings, kind))))
+    server = WorkerServer(
+        engine,
+        settings.queue_size,
+        settings.queue_audio_limit(getattr(engine, "device", "cpu")),
+        replica,
+    )
+    asyncio.run(_serve(server, str(socket_path(settings, kind, replica))))
     # A job may still run on the engine thread; its client already got its answer (503) when
     # the socket closed, so leave now instead of waiting for the model to finish.
     logging.shutdown()
@@ -161,4 +287,4 @@ def main(kind: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -2,16 +2,26 @@
 
 The supervisor starts one process per configured engine (``python -m app.workers.server
 KIND``) and Granian serving `app.main:create_app`, then watches them:
+- each engine runs as one or more replicas (``REFLECTOR_GPU_WHISPER_REPLICAS``, ...), each
+  its own process (``python -m app.workers.server KIND INDEX``);
 - a worker that exits is restarted with exponential back-off (1 s doubling to 30 s); the
-  requests it held already got 503 from `app.workers.client`. A worker that fails to load
-  its model (exit status 3) before it was ever ready stops the whole service, since its
-  settings need fixing; ``<run>/<kind>.failed`` tells ``/ready`` a worker is down;
+  requests it held already got 503 from `app.workers.client`, and the other replicas go
+  on. A worker that fails to load its model (exit status 3) at start stops the whole
+  service, since its settings need fixing; one that fails to reload after a crash is
+  retried with the same back-off; ``<run>/<kind>-<i>.failed`` tells ``/ready`` a replica
+  is down;
+- a worker that stops answering pings, or holds work without progress, for
+  ``REFLECTOR_GPU_WORKER_HANG_SECONDS`` is killed and restarted (`app.workers.watchdog`);
 - Granian exiting ends the service with its exit status;
+- as PID 1 (in a container) it also reaps every orphaned process re-parented to it;
+- every child gets ``TMPDIR=<state>/tmp/processes``, so nothing lands in the system temp dir;
 - SIGTERM or SIGINT stops Granian first (in-flight requests finish within
   `STOP_TIMEOUT_SECONDS`), then the workers;
 - certificate files an operator provides are polled; a changed pair is validated
   (`app.tls.check_pair`), copied to the run directory Granian reads from, and Granian gets
-  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on.
+  SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on;
+- with ``REFLECTOR_GPU_TLS=acme`` Granian starts only once `app.acme` has stored a valid
+  certificate (the workers load meanwhile), so HTTPS never answers with a wrong one.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from pathlib import Path
 
 from app import tls
 from app.settings import Settings
-from app.workers.registry import WORKERS, socket_path
+from app.workers.registry import WORKERS, failed_marker, socket_path
+from app.workers.watchdog import Watchdog
 
 log = logging.getLogger("app.supervisor")
 
@@ -38,7 +49,16 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits `podman stop`'s 10 s
 WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
+FIRST_CERT_POLL_SECONDS = 0.2  # while Granian waits for the first ACME certificate
 MAX_BACKOFF_SECONDS = 30.0
+SERVING_CERT, SERVING_KEY = "tls-cert.pem", "tls-key.pem"  # Granian's copies in the run directory
+RESTARTS_SUFFIX = ".restarts"  # <run>/<child name>.restarts: how often it was restarted (for /metrics)
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """``<state>/run/metrics``: prometheus-client's multiprocess files, one set per Granian
+    worker process (``PROMETHEUS_MULTIPROC_DIR``), made empty at each start."""
+    return settings.run_dir / "metrics"
 
 
 @dataclass
@@ -47,16 +67,24 @@ class Child:
 
     name: str
     argv: list[str]
+    kind: str = ""
+    replica: int = 0
     process: subprocess.Popen | None = None
     ready_once: bool = False
     backoff: float = 1.0
     restart_at: float = 0.0
     restarts: int = 0
+    env: dict[str, str] | None = None  # None: the supervisor's own environment
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
 
     def start(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which stops
         # everything in order, and a stop can signal Granian together with its forked workers.
-        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.argv, preexec_fn=_die_with_parent, start_new_session=True, env=self.env
+        )
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def signal_group(self, signum: int) -> None:
@@ -68,14 +96,48 @@ class Child:
             pass
 
 
+def _load_prctl():
+    """libc's ``prctl``, looked up once in the supervisor: the entrypoint runs threads
+    (watchdog, ACME, plain-HTTP listener), so the child between fork and exec should do as
+    little as possible (no library loading)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux for SIGTERM when the supervisor dies (even by
     SIGKILL), so no worker or Granian outlives it holding the port or a GPU."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the supervisor's own stop still applies
-        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def reap_orphans(children: list[subprocess.Popen]) -> list[int]:
+    """Reap every exited child process that is not one of `children`; returns their pids.
+
+    As PID 1 in a container (or as a child subreaper) the supervisor inherits every orphaned
+    process (a grandchild whose parent died: an FFmpeg helper, a Granian worker); unreaped
+    they stay zombies. An exited child of `children` is collected by its own `Popen.poll`,
+    so its exit status is kept for the supervisor. Never blocks.
+    """
+    known = {child.pid: child for child in children}
+    reaped = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if info is None:
+            return reaped
+        if info.si_pid in known:
+            known.pop(info.si_pid).poll()
+            continue
+        os.waitpid(info.si_pid, 0)
+        reaped.append(info.si_pid)
 
 
 def _file_stamp(path: Path) -> tuple[int, int] | None:
@@ -95,11 +157,14 @@ class Supervisor:
         self.serving: tls.TlsFiles | None = None
         self.stopping = False
         self.workers = [
-            Child(w.kind, [sys.executable, "-m", "app.workers.server", w.kind])
+            Child(f"{w.kind}-{i}", [sys.executable, "-m", "app.workers.server", w.kind, str(i)], w.kind, i)
             for w in WORKERS
             if w.configured(settings)
+            for i in range(w.replicas(settings))
         ]
         self.granian: Child | None = None
+        self.watchdog = Watchdog(settings.worker_hang_seconds)
+        self.is_init = os.getpid() == 1  # a container's PID 1 inherits every orphan: reap them
         self._cert_stamp: tuple | None = None
         self._next_cert_poll = 0.0
 
@@ -109,12 +174,17 @@ class Supervisor:
             shutil.rmtree(directory, ignore_errors=True)  # sockets and downloads of a dead run
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.settings.run_dir, 0o700)
+        metrics_dir(self.settings).mkdir()
+        # Every child inherits it: nothing a worker or Granian writes to "the temp dir"
+        # (onnxruntime's .ses file, Litestar's spooled uploads) lands in the system's.
+        self.settings.process_tmp_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["TMPDIR"] = str(self.settings.process_tmp_dir.resolve())
 
     def _install_certificate(self) -> None:
         """Copy the validated pair into the run directory; Granian only ever reads these copies."""
         assert self.source is not None
         run = self.settings.run_dir
-        cert, key = run / "tls-cert.pem", run / "tls-key.pem"
+        cert, key = run / SERVING_CERT, run / SERVING_KEY
         shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
         cert.with_suffix(".tmp").replace(cert)
         fd = os.open(key.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -142,21 +212,24 @@ class Supervisor:
                 "--ssl-keyfile", str(self.serving.key),
                 "--ssl-protocol-min", "tls1.2",
             ]
+            if s.tls_client_ca is not None:  # mTLS: no handshake without a certificate it signed
+                argv += ["--ssl-ca", str(s.tls_client_ca), "--ssl-client-verify"]
         return [*argv, "app.main:create_app"]
 
     # -- running ----------------------------------------------------------------------
     def run(self) -> int:
         """Start everything and supervise until stopped; returns the exit status."""
         self._prepare_dirs()
-        if self.source is not None:
+        waiting = self.settings.tls == "acme" and not self._source_valid()
+        if self.source is not None and not waiting:
             self._install_certificate()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for worker in self.workers:
-            (self.settings.run_dir / f"{worker.name}.failed").unlink(missing_ok=True)
+            failed_marker(self.settings, worker.kind, worker.replica).unlink(missing_ok=True)
             worker.start()
-        self.granian = Child("granian", self.granian_argv())
-        self.granian.start()
+        if not waiting:
+            self._start_granian()
         try:
             while not self.stopping:
                 status = self._tick()
@@ -167,14 +240,34 @@ class Supervisor:
         finally:
             self._stop_all()
 
+    def _start_granian(self) -> None:
+        # prometheus-client's multiprocess mode: every Granian worker counts into this directory.
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir(self.settings).resolve())}
+        self.granian = Child("granian", self.granian_argv(), env=env)
+        self.granian.start()
+
+    def _source_valid(self) -> bool:
+        assert self.source is not None
+        try:
+            tls.check_pair(self.source.cert, self.source.key, self.settings.domains)
+        except tls.CertificateError:
+            return False
+        return True
+
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
     def _tick(self) -> int | None:
         now = time.monotonic()
-        assert self.granian is not None and self.granian.process is not None
-        code = self.granian.process.poll()
+        if self.granian is None:  # waiting for the first ACME certificate
+            if now >= self._next_cert_poll:
+                self._next_cert_poll = now + FIRST_CERT_POLL_SECONDS
+                if self._source_valid():
+                    self._install_certificate()
+                    self._start_granian()
+        assert self.granian is None or self.granian.process is not None
+        code = None if self.granian is None else self.granian.process.poll()
         if code is not None:
             if not self.stopping:
                 log.error("granian exited with status %s; stopping the service", code)
@@ -183,26 +276,40 @@ class Supervisor:
             status = self._watch_worker(worker, now)
             if status is not None:
                 return status
-        if self.source is not None and now >= self._next_cert_poll:
+        if self.is_init:
+            children = [self.granian, *self.workers]
+            for pid in reap_orphans([c.process for c in children if c is not None and c.process is not None]):
+                log.debug("reaped orphan process %d", pid)
+        if self.source is not None and self.granian is not None and now >= self._next_cert_poll:
             self._next_cert_poll = now + CERT_POLL_SECONDS
             self._check_certificate()
         return None
 
     def _watch_worker(self, worker: Child, now: float) -> int | None:
         process = worker.process
-        failed_marker = self.settings.run_dir / f"{worker.name}.failed"
+        marker = failed_marker(self.settings, worker.kind, worker.replica)
+        socket = socket_path(self.settings, worker.kind, worker.replica)
         if process is None:
             if now >= worker.restart_at:
                 worker.start()
             return None
         code = process.poll()
         if code is None:
-            if not worker.ready_once and socket_path(self.settings, worker.name).exists():
+            if not worker.ready_once and socket.exists():
                 worker.ready_once = True
                 worker.backoff = 1.0
-                failed_marker.unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
+                self.watchdog.watch(socket)
+            reason = self.watchdog.verdict(socket)
+            if reason is not None:
+                log.error("the %s worker is hung (%s); killing it", worker.name, reason)
+                self.watchdog.forget(socket)
+                worker.signal_group(signal.SIGKILL)  # its requests get 503; restarted below
             return None
-        if code == MODEL_LOAD_FAILED and not worker.ready_once:
+        self.watchdog.forget(socket)
+        if code == MODEL_LOAD_FAILED and not worker.ready_once and worker.restarts == 0:
+            # At start only: the settings need fixing. After a crash, a failed reload (a GPU
+            # still held, say) is retried with back-off like any other exit.
             log.error("the %s worker could not load its model (see above); fix its settings", worker.name)
             return MODEL_LOAD_FAILED
         worker.restarts += 1
@@ -210,8 +317,11 @@ class Supervisor:
             "the %s worker exited with status %s; restart %d in %.0f s",
             worker.name, code, worker.restarts, worker.backoff,
         )
-        failed_marker.write_text(f"exited with status {code}\n")
-        socket_path(self.settings, worker.name).unlink(missing_ok=True)
+        marker.write_text(f"exited with status {code}\n")
+        counter = self.settings.run_dir / f"{worker.kind}-{worker.replica}{RESTARTS_SUFFIX}"  # read by /metrics
+        counter.with_suffix(".tmp").write_text(f"{worker.restarts}\n")
+        counter.with_suffix(".tmp").replace(counter)
+        socket.unlink(missing_ok=True)
         worker.process = None
         worker.ready_once = False
         worker.restart_at = now + worker.backoff
@@ -236,9 +346,14 @@ class Supervisor:
 
     # -- stopping ---------------------------------------------------------------------
     def _stop_all(self) -> None:
-        children = [c for c in [self.granian, *self.workers] if c is not None and c.process is not None]
+        self.watchdog.stop()
+
+        def running(children: list[Child | None]) -> list[Child]:
+            return [c for c in children if c is not None and c.process is not None]
+
         # Granian first, so in-flight requests can still reach the workers while they finish.
-        for group, grace in ((children[:1], STOP_TIMEOUT_SECONDS), (children[1:], WORKER_STOP_SECONDS)):
+        stages = ((running([self.granian]), STOP_TIMEOUT_SECONDS), (running(self.workers), WORKER_STOP_SECONDS))
+        for group, grace in stages:
             for child in group:
                 if child.process.poll() is None:
                     child.signal_group(signal.SIGTERM)

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import msgspec
 
-from app.errors import BadRequest, Unavailable
+from app.errors import BadRequest, ModelNotFound, Unavailable
 from app.languages import Language, language_token, load_table
 from app.models import (
     DEFAULT_TRANSLATION_MODEL,
     TRANSLATION_SETTING,
-    ModelNotFound,
     looks_like_path,
     translation_dir,
 )

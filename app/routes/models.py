@@ -1,0 +1,68 @@
+"""``GET /v1/models``: the loaded speech model, under the names a client may pass as `model`.
+
+OpenAI's shape: ``{"object": "list", "data": [{"id", "object": "model", "created",
+"owned_by"}, ...]}``. The Whisper worker's model is listed as ``whisper-1`` (OpenAI's name,
+which Reflector and most clients send) and under its own name (``tiny.en``, ``base``, the
+last part of a directory path, or a hub name), once one of its replicas answers a ping. A `model`
+in a request that names neither is accepted and ignored (one model is loaded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import PurePath
+from typing import Literal
+
+import msgspec
+from litestar import get
+
+from app.settings import Settings
+from app.workers import client
+from app.workers.registry import spec
+
+log = logging.getLogger("app.http")
+
+OPENAI_ALIAS = "whisper-1"
+OWNER = "reflector-gpu"
+STARTED = int(time.time())  # `created` of every listed model: when this HTTP process started
+
+
+class Model(msgspec.Struct):
+    """One model, as OpenAI lists it; `created` is a Unix time (s)."""
+
+    id: str
+    created: int
+    owned_by: str = OWNER
+    object: Literal["model"] = "model"
+
+
+class ModelList(msgspec.Struct):
+    """The models a client may name."""
+
+    data: list[Model]
+    object: Literal["list"] = "list"
+
+
+def model_names(whisper_model: str) -> list[str]:
+    """``whisper-1`` and the loaded Whisper model's own name (a path's last part)."""
+    own = PurePath(whisper_model).name if "/" in whisper_model else whisper_model
+    return [OPENAI_ALIAS] + ([own] if own and own != OPENAI_ALIAS else [])
+
+
+def check_model(settings: Settings, name: str | None) -> None:
+    """Note (debug log) a requested `model` that is not a listed name; it is never an error."""
+    if name and name not in model_names(settings.whisper_model):
+        log.debug("model %r is not loaded; using %s", name[:100], settings.whisper_model)
+
+
+@get("/v1/models", name="models", cache=False)
+async def models(settings: Settings) -> ModelList:
+    """The loaded transcription model under every name it answers to (empty while loading)."""
+    replicas = spec("whisper").replicas(settings)
+    pongs = await asyncio.gather(*(client.ping(settings, "whisper", i) for i in range(replicas)))
+    pong = next((p for p in pongs if p is not None), None)
+    if pong is None:
+        return ModelList(data=[])
+    return ModelList(data=[Model(id=name, created=STARTED) for name in model_names(pong.model)])

@@ -1,0 +1,270 @@
+"""The response formats of OpenAI's audio API, made from a `Transcript` (and speaker turns).
+
+``json``, ``verbose_json`` and ``diarized_json`` are msgspec structs (the OpenAPI schema
+comes from them); ``text``, ``srt`` and ``vtt`` are text bodies. SRT is written with the
+`srt` library and WebVTT with `webvtt-py` (both parse what they write, and the tests parse
+our output back with them). Reflector's shape stays inside ``json`` and ``verbose_json``:
+``text``, ``words`` (``word``, ``start``, ``end``) and ``filename``; everything else is
+added beside it. Times are seconds, as the worker rounded them (2 decimals).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from app.transcripts.speakers import SpeakerSegment, SpeakerTurn, split_by_speaker, word_speakers
+from app.workers.whisper import Segment, Transcript
+
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ResponseFormat.__args__  # type: ignore[attr-defined]
+TEXT_FORMATS = {"text": "text/plain; charset=utf-8", "srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
+Granularity = Literal["word", "segment"]
+Task = Literal["transcribe", "translate"]
+
+
+class OutWord(msgspec.Struct, omit_defaults=True):
+    """One word with its leading space, as Whisper writes it; `speaker` only when diarized."""
+
+    word: str
+    start: float
+    end: float
+    speaker: int | None = None
+
+
+class OutSegment(msgspec.Struct, omit_defaults=True):
+    """One segment as OpenAI's ``verbose_json`` gives it, plus `speaker` when diarized.
+
+    `seek`: the segment's start in 10-ms frames (Whisper's unit). `tokens`: token ids (a
+    segment cut by a speaker change keeps them on its first part). `temperature`,
+    `avg_logprob`, `compression_ratio`, `no_speech_prob`: Whisper's decoding statistics.
+    """
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    speaker: int | None = None
+
+
+class Usage(msgspec.Struct):
+    """What the request cost, as OpenAI reports it for Whisper: seconds of audio."""
+
+    seconds: float
+    type: Literal["duration"] = "duration"
+
+
+class JsonTranscription(msgspec.Struct, omit_defaults=True):
+    """``json`` (and the answer when `response_format` is absent): exactly Reflector's shape
+    ``{text, words, filename}``; words carry `speaker` when diarized."""
+
+    text: str
+    words: list[OutWord]
+    filename: str | None = None
+
+
+class VerboseTranscription(msgspec.Struct, omit_defaults=True):
+    """``verbose_json``: OpenAI's fields (`task`, `language` as a code such as ``en``: the
+    language spoken, or ``en`` for a translation, as OpenAI reports the output language;
+    `duration` in seconds, `text`, `segments` unless only word timestamps were asked for,
+    `words` unless only segment timestamps were asked for), Reflector's `filename`, `usage`."""
+
+    task: Task
+    language: str
+    duration: float
+    text: str
+    segments: list[OutSegment] | None = None
+    words: list[OutWord] | None = None
+    filename: str | None = None
+    usage: Usage | None = None
+
+
+class DiarizedSegment(msgspec.Struct):
+    """A stretch of speech by one speaker. OpenAI types `id` and `speaker` as strings:
+    `id` is the segment's index, `speaker` the integer ``/diarize`` gives, as a string."""
+
+    id: str
+    start: float
+    end: float
+    text: str
+    speaker: str
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+
+
+class DiarizedTranscription(msgspec.Struct, omit_defaults=True):
+    """``diarized_json``: OpenAI's shape: `task`, `duration` (s), `text`, `segments`."""
+
+    task: Literal["transcribe"]
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]
+    usage: Usage | None = None
+
+
+class Attributed(msgspec.Struct, frozen=True):
+    """A transcript's speakers: one per word (`words`) and the segments cut by speaker (`parts`)."""
+
+    words: list[int | None]
+    parts: list[SpeakerSegment]
+
+
+def attribute(transcript: Transcript, turns: Sequence[SpeakerTurn]) -> Attributed:
+    """Give every word and segment of `transcript` a speaker from `turns` (same timeline)."""
+    speakers = word_speakers(transcript.words, turns)
+    return Attributed(words=speakers, parts=split_by_speaker(transcript.segments, transcript.words, speakers, turns))
+
+
+def out_words(transcript: Transcript, speakers: Attributed | None = None) -> list[OutWord]:
+    """The transcript's words, each with its speaker when `speakers` is given."""
+    labels = speakers.words if speakers is not None else [None] * len(transcript.words)
+    return [OutWord(w.word, w.start, w.end, label) for w, label in zip(transcript.words, labels)]
+
+
+def _segment(source: Segment, index: int, start: float, end: float, text: str, tokens: list[int], speaker: int | None) -> OutSegment:
+    return OutSegment(
+        id=index,
+        seek=round(start * 100),
+        start=start,
+        end=end,
+        text=text,
+        tokens=tokens,
+        temperature=source.temperature,
+        avg_logprob=source.avg_logprob,
+        compression_ratio=source.compression_ratio,
+        no_speech_prob=source.no_speech_prob,
+        speaker=speaker,
+    )
+
+
+def out_segments(transcript: Transcript, speakers: Attributed | None = None) -> list[OutSegment]:
+    """Whisper's segments; with `speakers`, cut where the speaker changes, each with its speaker."""
+    if speakers is None:
+        return [_segment(s, s.id, s.start, s.end, s.text, s.tokens, None) for s in transcript.segments]
+    result = []
+    previous = None
+    for part in speakers.parts:
+        source = transcript.segments[part.source]
+        whole = part.start == source.start and part.end == source.end
+        text = source.text if whole or not part.words else "".join(transcript.words[i].word for i in part.words)
+        tokens = source.tokens if part.source != previous else []
+        previous = part.source
+        result.append(_segment(source, len(result), part.start, part.end, text, tokens, part.speaker))
+    return result
+
+
+def json_body(
+    transcript: Transcript,
+    response_format: str,
+    *,
+    task: Task = "transcribe",
+    filename: str | None = None,
+    granularities: Sequence[str] = (),
+    speakers: Attributed | None = None,
+) -> JsonTranscription | VerboseTranscription | DiarizedTranscription:
+    """The body for ``json``, ``verbose_json`` or ``diarized_json``.
+
+    `granularities`: OpenAI's ``timestamp_granularities[]``; ``verbose_json`` gives
+    `segments` when it holds ``segment`` or is empty (OpenAI's default), and `words` unless
+    it holds only ``segment`` (Reflector reads `words`). ``diarized_json`` needs `speakers`.
+    """
+    usage = Usage(seconds=transcript.duration)
+    if response_format == "json":
+        return JsonTranscription(transcript.text, out_words(transcript, speakers), filename)
+    if response_format == "verbose_json":
+        wanted = set(granularities)
+        return VerboseTranscription(
+            task=task,
+            language="en" if task == "translate" else transcript.language,
+            duration=transcript.duration,
+            text=transcript.text,
+            segments=out_segments(transcript, speakers) if not wanted or "segment" in wanted else None,
+            words=out_words(transcript, speakers) if wanted != {"segment"} else None,
+            filename=filename,
+            usage=usage,
+        )
+    if response_format == "diarized_json":
+        if speakers is None:
+            raise ValueError("diarized_json needs the speakers")
+        segments = [
+            DiarizedSegment(id=str(s.id), start=s.start, end=s.end, text=s.text.strip(), speaker=str(s.speaker))
+            for s in out_segments(transcript, speakers)
+            if s.text.strip() and s.speaker is not None
+        ]
+        return DiarizedTranscription("transcribe", transcript.duration, transcript.text, segments, usage)
+    raise ValueError(f"not a JSON response format: {response_format}")
+
+
+def _cue_text(text: str) -> str:
+    """One line of cue text: no line breaks, and no ``-->`` (it would end the cue's timing line)."""
+    return " ".join(text.split()).replace("-->", "->")
+
+
+def _cues(transcript: Transcript, speakers: Attributed | None) -> list[tuple[float, float, str, int | None]]:
+    return [
+        (s.start, s.end, _cue_text(s.text), s.speaker)
+        for s in out_segments(transcript, speakers)
+        if _cue_text(s.text)
+    ]
+
+
+def srt_body(transcript: Transcript, speakers: Attributed | None = None) -> str:
+    """SubRip subtitles, one cue per segment (per speaker part when diarized, text prefixed
+    ``[Speaker N]``). Empty for a transcript without speech."""
+    import srt
+
+    subtitles = [
+        srt.Subtitle(
+            index=number,
+            start=datetime.timedelta(seconds=start),
+            end=datetime.timedelta(seconds=max(end, start)),
+            content=text if speaker is None else f"[Speaker {speaker}] {text}",
+        )
+        for number, (start, end, text, speaker) in enumerate(_cues(transcript, speakers), 1)
+    ]
+    return srt.compose(subtitles, reindex=False)
+
+
+def _vtt_time(seconds: float) -> str:
+    milliseconds = round(seconds * 1000)
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
+
+def vtt_body(transcript: Transcript, speakers: Attributed | None = None) -> str:
+    """WebVTT subtitles, one cue per segment (per speaker part when diarized, in a voice
+    span ``<v Speaker N>``); text escaped as WebVTT requires (``&``, ``<``, ``>``)."""
+    import webvtt
+
+    captions = []
+    for start, end, text, speaker in _cues(transcript, speakers):
+        escaped = html.escape(text, quote=False)
+        captions.append(
+            webvtt.Caption(
+                start=_vtt_time(start),
+                end=_vtt_time(max(end, start)),
+                text=escaped if speaker is None else f"<v Speaker {speaker}>{escaped}",
+            )
+        )
+    return webvtt.WebVTT(captions=captions).content
+
+
+def text_body(transcript: Transcript, response_format: str, speakers: Attributed | None = None) -> str:
+    """The body for ``text`` (the transcript and a newline), ``srt`` or ``vtt``."""
+    if response_format == "text":
+        return transcript.text + "\n"
+    if response_format == "srt":
+        return srt_body(transcript, speakers)
+    if response_format == "vtt":
+        return vtt_body(transcript, speakers)
+    raise ValueError(f"not a text response format: {response_format}")

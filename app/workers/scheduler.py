@@ -1,0 +1,338 @@
+"""Batching pieces of many requests on one model, live first, recordings taking turns.
+
+A request becomes a `Job` cut into `Piece`s (for Whisper: speech regions merged into at
+most 30 s each). The scheduler keeps every job's pending pieces and runs batches on
+*lanes*, one thread each, that call the engine's ``run_batch(pieces)``:
+
+- the **bulk lane** takes live pieces first; when there are none, it takes pieces of
+  recordings in turn, one piece per recording per round, so a 6-hour file does not hold a
+  10-minute one for its whole length;
+- the **live lane** (when `live_lane` is on) takes only live pieces, so a live piece never
+  waits for a running batch of recording pieces (CTranslate2 runs batches at once on one
+  loaded model: ``inter_threads``, faster-whisper's ``num_workers``). It calls
+  `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
+  lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
+
+A batch holds at most `batch_size` pieces that share one compatibility key (for Whisper:
+language, task and decoding options); pieces of one job keep their order within a batch
+and the job's pieces are handed out in order. When a job's last piece is done the engine's
+``finish(job)`` assembles the answer on the job's own timeline. A cancelled job loses its
+queued pieces at once; pieces of it that are already in a running batch are discarded.
+
+Backpressure counts seconds of audio: `queued_seconds` is the audio of pending and running
+pieces, and `estimated_wait(seconds)` turns a backlog into seconds of processing from the
+measured real-time factor (an exponential moving average of batch time / batch audio).
+This module imports no model library; it is tested with plain functions as the engine.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.workers.devices import nice_this_thread
+
+log = logging.getLogger("app.worker.scheduler")
+
+Priority = Literal["live", "recording"]
+RTF_SMOOTHING = 0.3  # weight of the newest batch in the moving average
+PROGRESS_LOG_SECONDS = 30.0  # a job longer than this logs its progress at most this often
+
+
+@dataclass(eq=False)
+class Piece:
+    """One unit of model work: `index` within its job, `seconds` of audio, engine `data`."""
+
+    job: Job
+    index: int
+    seconds: float
+    data: Any
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's pieces and their outputs.
+
+    `key`: pieces of jobs with equal keys may share a batch. `context`: whatever the engine
+    needs to finish the job (e.g. its timeline). `future` resolves to ``finish(job)`` or to
+    the first exception of a batch that held one of its pieces.
+    """
+
+    priority: Priority
+    key: Hashable
+    context: Any = None
+    id: int = field(default_factory=itertools.count().__next__)
+    future: Future = field(default_factory=Future)
+    pieces: collections.deque = field(default_factory=collections.deque)
+    outputs: dict[int, Any] = field(default_factory=dict)
+    total: int = 0
+    seconds: float = 0.0
+    seconds_done: float = 0.0
+    running: int = 0
+    cancelled: bool = False
+    started: float = field(default_factory=time.monotonic)
+    next_progress_log: float = 0.0
+
+    def add(self, seconds: float, data: Any) -> Piece:
+        """Append a piece of `seconds` of audio (call before `Scheduler.submit`)."""
+        piece = Piece(self, self.total, seconds, data)
+        self.pieces.append(piece)
+        self.total += 1
+        self.seconds += seconds
+        return piece
+
+    @property
+    def done(self) -> bool:
+        return len(self.outputs) == self.total
+
+
+class Scheduler:
+    """Runs `run_batch` over pieces of submitted jobs on one or two lane threads.
+
+    `run_batch(pieces) -> outputs` (one output per piece, same order) runs on a lane
+    thread; `finish(job) -> result` runs once all of a job's outputs are in. Both may
+    raise: the exception fails every job that had a piece in that batch (or that job).
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[Piece]], Sequence[Any]],
+        finish: Callable[[Job], Any],
+        batch_size: int,
+        lanes: int = 1,
+        live_lane: bool = True,
+        live_run_batch: Callable[[Sequence[Piece]], Sequence[Any]] | None = None,
+        lane_nice: int = 0,
+        name: str = "scheduler",
+    ) -> None:
+        self.run_batch = run_batch
+        self.live_run_batch = live_run_batch or run_batch
+        self.lane_nice = lane_nice
+        self.finish = finish
+        self.batch_size = batch_size
+        self._lock = threading.Condition()
+        self._live: collections.deque[Job] = collections.deque()
+        self._recordings: collections.deque[Job] = collections.deque()
+        self._queued_seconds = 0.0
+        self._rtf: float | None = None
+        self._stopped = False
+        self.batches_run = 0
+        self.jobs_done = 0
+        self.last_progress = time.monotonic()  # when a batch last ended (the watchdog's pulse)
+        self._lanes = lanes
+        self._idle_lanes = 0  # general lanes waiting for work
+        self._live_running = 0  # pieces of live jobs in running batches
+        kinds = [(f"bulk{i}", False) for i in range(lanes)] + ([("live", True)] if live_lane else [])
+        self._threads = [
+            threading.Thread(target=self._lane, args=(live_only,), name=f"{name}-{lane}", daemon=True)
+            for lane, live_only in kinds
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- public ------------------------------------------------------------------------
+    def submit(self, job: Job) -> Future:
+        """Queue `job`'s pieces; returns its future. A job with no pieces finishes at once."""
+        with self._lock:
+            if job.total == 0:
+                self._complete(job)
+                return job.future
+            (self._live if job.priority == "live" else self._recordings).append(job)
+            self._queued_seconds += job.seconds
+            self._lock.notify_all()
+        return job.future
+
+    def cancel(self, job: Job, error: BaseException) -> None:
+        """Drop `job`'s queued pieces now and fail its future with `error`."""
+        with self._lock:
+            if job.cancelled or job.future.done():
+                return
+            job.cancelled = True
+            self._drop(job)
+        job.future.set_exception(error)
+
+    def stop(self) -> None:
+        """Let the lane threads exit once their running batch is done."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+
+    @property
+    def queued_seconds(self) -> float:
+        """Seconds of audio in pending and running pieces."""
+        return max(0.0, self._queued_seconds)
+
+    @property
+    def pending_jobs(self) -> int:
+        with self._lock:
+            return len(self._live) + len(self._recordings)
+
+    @property
+    def rtf(self) -> float | None:
+        """Measured real-time factor: seconds of batch time per second of audio (EMA)."""
+        return self._rtf
+
+    def estimated_wait(self, seconds: float) -> float | None:
+        """Seconds of processing `seconds` of audio take at the measured RTF (None before any)."""
+        return None if self._rtf is None else seconds * self._rtf
+
+    def queued_pieces(self, job: Job) -> int:
+        """How many of `job`'s pieces are still waiting for a lane."""
+        with self._lock:
+            return len(job.pieces)
+
+    # -- lanes -------------------------------------------------------------------------
+    def _lane(self, live_only: bool) -> None:
+        if not live_only:
+            nice_this_thread(self.lane_nice)
+        while True:
+            with self._lock:
+                batch = self._take(live_only)
+                while not batch and not self._stopped:
+                    self._idle_lanes += not live_only
+                    self._lock.wait()
+                    self._idle_lanes -= not live_only
+                    batch = self._take(live_only)
+                if not batch:
+                    return
+            self._run(batch, self.live_run_batch if live_only else self.run_batch)
+
+    def _limit(self, live_only: bool) -> int:
+        """Pieces the next batch may take: `batch_size`, shared out when several general
+        lanes are idle so that each gets a part of what is queued (lock held)."""
+        if live_only or self._lanes == 1:
+            return self.batch_size
+        waiting = sum(len(job.pieces) for job in itertools.chain(self._live, self._recordings))
+        return max(1, min(self.batch_size, -(-waiting // (self._idle_lanes + 1))))
+
+    def _take(self, live_only: bool) -> list[Piece]:
+        """Up to `batch_size` compatible pieces: live jobs in arrival order, then (unless
+        `live_only`) recordings one piece per job per round. Call with the lock held."""
+        batch: list[Piece] = []
+        key: Hashable = None
+        limit = self._limit(live_only)
+        for job in list(self._live):
+            while job.pieces and len(batch) < limit and (not batch or job.key == key):
+                key = job.key
+                batch.append(self._pop(job))
+            if len(batch) == limit:
+                break
+        if batch or live_only or self._live_running:
+            # While live pieces run, recording lanes start nothing new: the live lane gets
+            # the device (on the CPU, the cores) as soon as the running batches end.
+            return self._ordered(batch)
+        progress = True
+        while len(batch) < limit and progress:
+            progress = False
+            for _ in range(len(self._recordings)):
+                if not self._recordings:
+                    break
+                job = self._recordings[0]
+                self._recordings.rotate(-1)  # the next round starts after this job
+                if job.pieces and (not batch or job.key == key):
+                    key = job.key
+                    batch.append(self._pop(job))
+                    progress = True
+                    if len(batch) == limit:
+                        break
+        return self._ordered(batch)
+
+    def _pop(self, job: Job) -> Piece:
+        piece = job.pieces.popleft()
+        job.running += 1
+        self._live_running += job.priority == "live"
+        if not job.pieces:
+            (self._live if job.priority == "live" else self._recordings).remove(job)
+        return piece
+
+    @staticmethod
+    def _ordered(batch: list[Piece]) -> list[Piece]:
+        """Group a batch's pieces by job, each job's pieces in order (engines rely on it)."""
+        order = {id(piece.job): i for i, piece in reversed(list(enumerate(batch)))}
+        return sorted(batch, key=lambda piece: (order[id(piece.job)], piece.index))
+
+    def _drop(self, job: Job) -> None:
+        """Forget `job`'s queued pieces (lock held)."""
+        self._queued_seconds -= sum(piece.seconds for piece in job.pieces)
+        job.pieces.clear()
+        for queue in (self._live, self._recordings):
+            if job in queue:
+                queue.remove(job)
+
+    def _run(self, batch: list[Piece], run_batch: Callable[[Sequence[Piece]], Sequence[Any]]) -> None:
+        live = [piece for piece in batch if not piece.job.cancelled]
+        started = time.monotonic()
+        error: BaseException | None = None
+        outputs: Sequence[Any] = ()
+        if live:
+            try:
+                outputs = run_batch(live)
+            except BaseException as exc:  # noqa: BLE001 - handed to the jobs' futures
+                error = exc
+        elapsed = time.monotonic() - started
+        audio = sum(piece.seconds for piece in live)
+        finished: list[Job] = []
+        failed: dict[int, Job] = {}
+        with self._lock:
+            self.batches_run += 1
+            self.last_progress = time.monotonic()
+            self._queued_seconds -= sum(piece.seconds for piece in batch)  # `_drop` left running ones
+            if live and error is None and audio > 0:
+                rtf = elapsed / audio
+                self._rtf = rtf if self._rtf is None else (1 - RTF_SMOOTHING) * self._rtf + RTF_SMOOTHING * rtf
+            for piece in batch:
+                piece.job.running -= 1
+                self._live_running -= piece.job.priority == "live"
+            self._lock.notify_all()  # lanes held back by live work may go on
+            for index, piece in enumerate(live):
+                job = piece.job
+                if job.cancelled or job.future.done():
+                    continue
+                if error is not None:
+                    job.cancelled = True
+                    self._drop(job)
+                    failed[job.id] = job
+                    continue
+                job.outputs[piece.index] = outputs[index]
+                job.seconds_done += piece.seconds
+                if job.done:
+                    finished.append(job)
+                else:
+                    self._log_progress(job)
+        for job in failed.values():
+            self.jobs_done += 1
+            job.future.set_exception(error)  # type: ignore[arg-type]
+        for job in finished:
+            self._complete(job)
+
+    def _complete(self, job: Job) -> None:
+        self.jobs_done += 1
+        try:
+            result = self.finish(job)
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's future
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _log_progress(self, job: Job) -> None:
+        now = time.monotonic()
+        elapsed = now - job.started
+        if elapsed < PROGRESS_LOG_SECONDS or now < job.next_progress_log:
+            return
+        job.next_progress_log = now + PROGRESS_LOG_SECONDS
+        share = job.seconds_done / job.seconds if job.seconds else 1.0
+        rate = job.seconds_done / elapsed if elapsed else 0.0  # audio seconds per second
+        left = (job.seconds - job.seconds_done) / rate if rate else float("nan")
+        log.info(
+            "job %d progress: %.0f%% of %.0f s of speech, %.2f s per audio s, about %.0f s left",
+            job.id, 100 * share, job.seconds, elapsed / job.seconds_done if job.seconds_done else 0.0, left,
+        )

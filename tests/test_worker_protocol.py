@@ -1,0 +1,126 @@
+"""The worker wire and the HTTP side's client (fast tier): frames, retries while a worker
+starts, a worker that dies holding a job, a client that leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import msgspec
+import pytest
+
+from app.errors import Unavailable, WorkerReplyInvalid
+from app.workers import client
+from app.workers.protocol import MAX_FRAME_BYTES, Accepted, Failure, FrameTooLarge, Pong, encode_frame, read_frame
+from app.workers.whisper import TranscribeRequest, Transcript
+from tests.stub_workers import StubEngine
+
+pytest_plugins = ["tests.stub_workers"]
+
+
+def feed(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
+def test_frames_round_trip_and_refuse_oversized_lengths() -> None:
+    async def run() -> None:
+        body = await read_frame(feed(encode_frame(Failure("BadRequest", "why", 3))))
+        assert msgspec.msgpack.decode(body, type=Failure) == Failure("BadRequest", "why", 3)
+        assert await read_frame(feed(b"")) is None  # closed before a frame
+        assert await read_frame(feed(b"\x00\x00\x00\x09abc")) is None  # closed mid-frame
+        with pytest.raises(FrameTooLarge):
+            await read_frame(feed((MAX_FRAME_BYTES + 1).to_bytes(4, "big")))
+
+    asyncio.run(run())
+
+
+def transcript(request, cancel) -> Transcript:
+    return Transcript(text="ok", words=[], duration=1.0)
+
+
+def call(settings) -> Transcript:
+    return asyncio.run(client.call(settings, "whisper", TranscribeRequest(path="/x"), Transcript))
+
+
+def test_the_client_waits_for_a_starting_worker(workers, stub_settings) -> None:
+    settings = msgspec.structs.replace(stub_settings, worker_start_timeout=10.0)
+    later = threading.Timer(0.5, lambda: workers.serve(StubEngine("whisper", (TranscribeRequest,), transcript)))
+    later.start()
+    started = time.monotonic()
+    assert call(settings).text == "ok"
+    assert time.monotonic() - started >= 0.4  # it really waited for the socket
+    later.join()
+
+
+def test_a_refusal_before_accepted_is_retried(workers, stub_settings) -> None:
+    """A worker that closes without `Accepted` never queued the job: the client tries again."""
+    attempts = []
+
+    def respond(received: bytes) -> bytes:
+        attempts.append(received)
+        if len(attempts) < 3:
+            return b""  # close at once, as a dying worker's socket does
+        return encode_frame(Accepted()) + encode_frame(Transcript(text="third", words=[], duration=0.0))
+
+    workers.serve_raw("whisper", respond)
+    settings = msgspec.structs.replace(stub_settings, worker_start_timeout=10.0)
+    assert call(settings).text == "third" and len(attempts) == 3
+
+
+def test_a_worker_gone_after_accepted_is_503_without_retry(workers, stub_settings) -> None:
+    attempts = []
+
+    def respond(received: bytes) -> bytes:
+        attempts.append(received)
+        return encode_frame(Accepted())  # then the connection closes: the worker died
+
+    workers.serve_raw("whisper", respond)
+    with pytest.raises(Unavailable, match="stopped while handling this request") as caught:
+        call(stub_settings)
+    assert caught.value.retry_after == 5 and len(attempts) == 1
+
+
+def test_an_unreadable_reply_is_worker_reply_invalid(workers, stub_settings) -> None:
+    workers.serve_raw("whisper", lambda _: encode_frame(Pong(kind="whisper", model="m", device="cpu")))
+    with pytest.raises(WorkerReplyInvalid) as caught:
+        call(stub_settings)
+    assert caught.value.status == 502
+
+
+def test_ping_answers_the_pong_or_none(workers, stub_settings) -> None:
+    assert asyncio.run(client.ping(stub_settings, "whisper")) is None  # nothing listens
+    server = workers.serve(StubEngine("whisper", (TranscribeRequest,), transcript))
+    pong = asyncio.run(client.ping(stub_settings, "whisper"))
+    assert pong is not None and pong.kind == "whisper" and pong.busy == server.pending == 0
+    workers.stop("whisper")
+    workers.serve_raw("whisper", lambda _: b"\x00\x00\x00\x01\xc1")  # not msgpack
+    assert asyncio.run(client.ping(stub_settings, "whisper")) is None
+
+
+def test_a_client_that_leaves_cancels_the_job(workers, stub_settings) -> None:
+    seen: list[bool] = []
+
+    def handle(request, cancel: threading.Event) -> Transcript:
+        seen.append(cancel.wait(10))  # set by the worker when the client hangs up
+        return transcript(request, cancel)
+
+    engine = StubEngine("whisper", (TranscribeRequest,), handle)
+    workers.serve(engine)
+
+    async def leave_early() -> None:
+        task = asyncio.ensure_future(client.call(stub_settings, "whisper", TranscribeRequest(path="/x"), Transcript))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave_early())
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen == [True]

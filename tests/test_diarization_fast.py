@@ -16,6 +16,8 @@ from app.diarization.fast import FastOptions, SpeakerHints, cluster
 from app.errors import Unavailable
 from tests.conftest import pyannote_sample_dir, write_wav
 
+pytest_plugins = ["tests.stub_workers"]
+
 MAX_DER = 0.08  # issue #10: DER on pyannote's sample, collar 0, overlap scored
 
 
@@ -160,6 +162,7 @@ def test_fast_names_the_setting_when_unprepared(tmp_path: Path) -> None:
     assert "REFLECTOR_GPU_DIARIZATION_MODEL=fast" in caught.value.detail and "make models" in caught.value.detail
 
 
+@pytest.mark.slow  # imports torch and pyannote
 def test_segmentation_constants_match_pyannote() -> None:
     """The powerset table and frame timing written in fast.py are pyannote's own."""
     from pyannote.audio import Model
@@ -188,3 +191,42 @@ def test_compact_decoding_equals_decode_mono(sample_wav: Path, monkeypatch: pyte
     assert np.abs(compact / 32768.0 - whole).max() <= 1 / 32768
     with pytest.raises(PayloadTooLarge):
         audio.decode_compact(sample_wav, max_seconds=10.0)
+
+
+def test_hints_travel_to_the_worker(app_client, workers, audio_server) -> None:
+    """In-process HTTP side with a stub diarizer: the query's hints arrive in the request."""
+    from tests.stub_workers import StubEngine
+    from app.workers.diarizer import Diarization, DiarizeRequest
+
+    seen: list[DiarizeRequest] = []
+
+    def diarize(request: DiarizeRequest, cancel) -> Diarization:
+        seen.append(request)
+        return Diarization(diarization=[], duration=30.0)
+
+    workers.serve(StubEngine("diarizer", (DiarizeRequest,), diarize))
+    url = f"{audio_server.url}/sample.wav"
+    assert app_client.post("/diarize", params={"audio_file_url": url}).status_code == 200
+    answer = app_client.post("/diarize", params={"audio_file_url": url, "min_speakers": "2", "max_speakers": "5"})
+    assert answer.status_code == 200, answer.text
+    assert app_client.post("/diarize", params={"audio_file_url": url, "num_speakers": "3"}).status_code == 200
+    assert [(r.num_speakers, r.min_speakers, r.max_speakers) for r in seen] == [
+        (None, None, None), (None, 2, 5), (3, None, None)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("hints", "words"),
+    [
+        ({"num_speakers": "0"}, "num_speakers"),
+        ({"max_speakers": "1000"}, "max_speakers"),
+        ({"min_speakers": "two"}, "min_speakers"),
+        ({"num_speakers": "2.5"}, "num_speakers"),
+        ({"min_speakers": "4", "max_speakers": "2"}, "larger than max_speakers"),
+        ({"num_speakers": "5", "max_speakers": "3"}, "outside"),
+    ],
+)
+def test_bad_speaker_hints_are_400(app_client, hints: dict, words: str) -> None:
+    response = app_client.post("/diarize", params={"audio_file_url": "http://127.0.0.1:9/a.wav", **hints})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["detail"]

@@ -76,6 +76,11 @@ class Cancelled(Exception):
 class FastOptions:
     """Knobs of the `fast` pipeline; defaults tuned on scripts/tune_diarization.py's data.
 
+    Tuning (12 generated conversations of 2-4 speakers, 544 s; never the evaluation
+    sample): DER 0.096 with the speaker count right on 11 of 12 for every
+    `merge_similarity` from 0.55 to 0.90 (0.16 at 0.50, 0.28 at 0.40); `pruning` 0.02-0.10
+    made no difference at these sizes (`min_pruned` decides). 0.70 sits mid-plateau.
+
     Times in seconds. `segmentation_step`: fraction of the 10-s chunk between chunks, in
     (0, 1]. Batch sizes: chunks per segmentation batch, windows per CAM++ batch.
     `pruning`: fraction of each affinity row kept (at least `min_pruned` entries);

@@ -241,7 +241,7 @@ def tune_fast(files, args) -> None:
     cached = []
     for samples, reference in files:
         segmentation, count = diarizer.segment(samples, lambda: False)
-        windows = diarizer.windows(count, len(samples) / SAMPLE_RATE)
+        windows = diarizer.windows(count, len(samples) / SAMPLE_RATE, diarizer.changes(segmentation, len(count)))
         cached.append((segmentation, count, windows, diarizer.embed(samples, windows, lambda: False), reference))
     base = diarizer.options
     results = []

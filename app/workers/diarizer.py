@@ -1,10 +1,13 @@
-"""The diarization engine (pyannote.audio) and its messages.
+"""The diarization engine and its messages.
 
-One `DiarizeRequest` names an audio file on local disk; the reply is a `Diarization`:
-speaker turns in time order, times in seconds rounded to 3 decimals and shifted by the
-request's `timestamp`, speakers as integers (pyannote's ``SPEAKER_01`` becomes ``1``).
-Audio is decoded with PyAV and handed to pyannote in memory (`app.diarization.audio`).
-The pipeline comes from ``REFLECTOR_GPU_DIARIZATION_MODEL`` (`app.diarization.pipeline`).
+One `DiarizeRequest` names an audio file on local disk (and optional speaker-count
+hints); the reply is a `Diarization`: speaker turns in time order, times in seconds
+rounded to 3 decimals and shifted by the request's `timestamp`, speakers as integers
+(pyannote's ``SPEAKER_01`` becomes ``1``). Audio is decoded with PyAV and handed over in
+memory (`app.diarization.audio`). ``REFLECTOR_GPU_DIARIZATION_MODEL`` picks the pipeline
+(`app.diarization.pipeline.resolve_source`): ``fast`` (`app.diarization.fast`), or a
+pyannote.audio `SpeakerDiarization` (``embedded``, a mounted bundle, a hub pipeline).
+The peak resident memory of each job is logged (Linux: VmHWM, reset before the job).
 
 Privacy: pyannote.audio's telemetry is switched off (``PYANNOTE_METRICS_ENABLED=false``)
 before pyannote is imported, and for the embedded and local sources the model hub is
@@ -22,6 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import msgspec
 
@@ -38,10 +42,17 @@ DEFAULT_STEP = {"cuda": 0.1, "cpu": 0.2}
 
 
 class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
-    """Diarize `path` (any format FFmpeg decodes); shift every time by `timestamp` seconds."""
+    """Diarize `path` (any format FFmpeg decodes); shift every time by `timestamp` seconds.
+
+    Optional speaker-count hints (integers >= 1, checked by the HTTP side):
+    `num_speakers` fixes the count; `min_speakers` / `max_speakers` bound it.
+    """
 
     path: str
     timestamp: float = 0.0
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -109,7 +120,8 @@ def torch_device(settings: Settings) -> str:
 
 
 class DiarizerEngine:
-    """Loads one pyannote `SpeakerDiarization` pipeline and answers `DiarizeRequest`s."""
+    """Loads the configured pipeline (`fast` or a pyannote `SpeakerDiarization`) and
+    answers `DiarizeRequest`s."""
 
     kind = "diarizer"
     request_types = (DiarizeRequest,)
@@ -123,34 +135,47 @@ class DiarizerEngine:
         if self.source.kind != "hub":
             os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is first imported
         warnings.filterwarnings("ignore", module=r"pyannote\..*")
-        # pyannote imports onnxruntime only for hub embeddings named "wespeaker" without
-        # "pyannote", which no source here produces; loading its native library costs
-        # start-up time and memory and writes a device-id file under ~/.cache.
-        sys.modules.setdefault("onnxruntime", None)  # type: ignore[arg-type]
+        if self.source.kind != "fast":
+            # pyannote imports onnxruntime only for hub embeddings named "wespeaker" without
+            # "pyannote", which no source here produces; loading its native library costs
+            # start-up time and memory and writes a device-id file under ~/.cache.
+            sys.modules.setdefault("onnxruntime", None)  # type: ignore[arg-type]
 
         import torch
 
-        from app.diarization.pipeline import load_pipeline
+        from app.workers import devices
 
-        if settings.cpu_threads > 0:
-            torch.set_num_threads(settings.cpu_threads)
+        threads = devices.cpu_threads(settings, settings.diarization_replicas)
+        torch.set_num_threads(threads)
         self.device = torch_device(settings)
+        batch_sizes = {
+            name: value for name, value in (
+                ("segmentation_batch_size", settings.diarization_segmentation_batch_size),
+                ("embedding_batch_size", settings.diarization_embedding_batch_size),
+            ) if value is not None
+        }
         self.options = Options(
-            device=self.device,
-            segmentation_step=settings.diarization_step or DEFAULT_STEP[self.device],
-            segmentation_batch_size=settings.diarization_segmentation_batch_size,
-            embedding_batch_size=settings.diarization_embedding_batch_size,
+            device=self.device, segmentation_step=settings.diarization_step or DEFAULT_STEP[self.device], **batch_sizes
         )
         started = time.monotonic()
-        self.pipeline = load_pipeline(
-            self.source, self.options, hf_token=settings.hf_token, models_dir=settings.models_dir
-        )
+        self.pipeline = self.fast = None
+        if self.source.kind == "fast":
+            self.fast = _load_fast(self.source.location, self.options, threads, batch_sizes)
+            backend = f", CAM++ on {self.fast.backend}"
+        else:
+            from app.diarization.pipeline import load_pipeline
+
+            self.pipeline = load_pipeline(
+                self.source, self.options, hf_token=settings.hf_token, models_dir=settings.models_dir
+            )
+            backend = ""
         log.info(
-            "loaded diarization pipeline %s (%s) on %s, step %.2f, in %.1f s",
+            "loaded diarization pipeline %s (%s) on %s, step %.2f%s, in %.1f s",
             settings.diarization_model,
             self.source.kind,
             self.device,
             self.options.segmentation_step,
+            backend,
             time.monotonic() - started,
         )
 
@@ -164,22 +189,103 @@ class DiarizerEngine:
 
     def handle(self, request: DiarizeRequest, cancel: threading.Event) -> Diarization:
         """Diarize one file. Raises `InvalidAudio`/`PayloadTooLarge` from decoding and
-        `Unavailable` when cancelled."""
-        from app.diarization.audio import duration_seconds, load_waveform
+        `Unavailable` when cancelled. Logs the job's seconds and peak resident memory."""
+        started = time.monotonic()
+        _reset_peak_rss()
+        try:
+            return self._diarize(request, cancel)
+        finally:
+            log.info("diarization job: %.1f s, peak RSS %.0f MiB", time.monotonic() - started, peak_rss_mib())
+            _trim_heap()
+
+    def _diarize(self, request: DiarizeRequest, cancel: threading.Event) -> Diarization:
+        from app.diarization.audio import SAMPLE_RATE, decode_compact, duration_seconds, load_waveform
+
+        if self.fast is not None:
+            import numpy as np
+
+            from app.diarization.fast import Cancelled, SpeakerHints
+
+            samples = decode_compact(request.path, self.settings.max_audio_seconds, np.int16)  # 2 bytes/sample
+            duration = len(samples) / SAMPLE_RATE
+            if not samples.any():  # empty or digital silence
+                return Diarization(diarization=[], duration=round(duration, 3))
+            hints = SpeakerHints(request.num_speakers, request.min_speakers, request.max_speakers)
+            try:
+                turns = self.fast(samples, hints, cancel.is_set)
+            except Cancelled:
+                raise Unavailable("cancelled: the client went away") from None
+            segments = ((start, end, f"SPEAKER_{speaker:02d}") for start, end, speaker in turns)
+            return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
 
         audio = load_waveform(request.path, self.settings.max_audio_seconds)
         duration = duration_seconds(audio)
-        if audio["waveform"].shape[-1] == 0 or not bool(audio["waveform"].abs().max() > 0):
+        if not bool(audio["waveform"].any()):  # empty or digital silence
             return Diarization(diarization=[], duration=round(duration, 3))
 
         def hook(*args, **kwargs) -> None:
             if cancel.is_set():
                 raise _Cancelled
 
+        hints = {name: getattr(request, name) for name in ("num_speakers", "min_speakers", "max_speakers")
+                 if getattr(request, name) is not None}
         try:
-            output = self.pipeline(audio, hook=hook)
+            output = self.pipeline(audio, hook=hook, **hints)
         except _Cancelled:
             raise Unavailable("cancelled: the client went away") from None
         annotation = getattr(output, "speaker_diarization", output)
         segments = ((segment.start, segment.end, label) for segment, _, label in annotation.itertracks(yield_label=True))
         return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
+
+
+def _load_fast(bundle: str, options, threads: int, batch_sizes: dict[str, int] | None = None):
+    """The `fast` pipeline on the embedded bundle; `ModelNotFound` when it is not prepared.
+    `batch_sizes`: `FastOptions` batch-size overrides from the settings."""
+    from pathlib import Path
+
+    from app.diarization import embedded
+    from app.diarization.fast import FastDiarizer, FastOptions
+    from app.diarization.pipeline import SETTING
+    from app.errors import ModelNotFound
+
+    if not embedded.is_prepared(Path(bundle), with_config=False):
+        raise ModelNotFound(
+            f"{SETTING}=fast: the embedded diarization models are not prepared in {bundle}; "
+            "run `make models` (python -m app.models prepare)"
+        )
+    return FastDiarizer(Path(bundle), options.device, FastOptions(segmentation_step=options.segmentation_step,
+                                                                  **(batch_sizes or {})), threads)
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process, where Linux allows it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so the memory a
+    long job used does not stay resident while the worker waits."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB: VmHWM since the last reset on Linux,
+    else `resource.getrusage`'s lifetime maximum."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

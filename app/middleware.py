@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import quote
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,7 +64,7 @@ class AccessLog:
             access_log.info(
                 "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s key=%s%s%s",
                 scope["method"],
-                scope["path"],
+                quote(scope["path"], safe="/"),  # a decoded %0a must not start a forged line
                 status,
                 (time.perf_counter() - started) * 1000,
                 "-" if audio is None else f"{audio:.2f}",

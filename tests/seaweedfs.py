@@ -121,6 +121,7 @@ class SeaweedFS:
             f"-s3.config={identities}",
             f"-s3.localSocket={self.directory / 's3.sock'}",
             "-s3.port.iceberg=0",
+            "-s3.port.lance=0",  # its fixed 9101 collides with any other weed on the machine
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64",
             "-volume.max=4",

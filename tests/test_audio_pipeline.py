@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -176,3 +177,15 @@ def test_pad_one_hour(tmp_path):
     assert outcome.duration_ms == 3_602_500.0
     # Opus pads its last 20 ms packet; the container's pre-skip is not part of the length.
     assert encoded_seconds(tmp_path / "hour.webm") == pytest.approx(3602.5, abs=0.05)
+
+
+def test_a_long_pad_stops_soon_after_cancel(tmp_path):
+    """One input frame behind 5 h of silence yields hours of output from a single push: the
+    cancel flag is also checked on the output side, so the job stops within about a second."""
+    source = write_tone(tmp_path / "short.wav", 1.0, 440, 48000)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="cancelled"):
+        pad_file(source, tmp_path / "padded.webm", 18000.0, cancel=cancel)
+    assert time.monotonic() - started < 5

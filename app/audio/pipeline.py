@@ -32,7 +32,7 @@ from app.errors import InvalidAudio, PayloadTooLarge, Unavailable
 
 LAYOUT = "stereo"  # every job works and encodes in stereo, as the old service did
 GRAPH_FORMAT = "fltp"  # planar float between filters: sums above 1.0 survive until encoding
-_CANCEL_CHECK_FRAMES = 50  # look at the cancel flag every this many input frames
+_CANCEL_CHECK_FRAMES = 50  # look at the cancel flag every this many frames in, and out
 
 
 def _reason(exc: BaseException) -> str:
@@ -257,6 +257,18 @@ def run_graph(
     lengths = [track.duration_seconds for _, track, _ in inputs]
     total = None if None in lengths else max(d / rate + n for (_, _, d), n in zip(inputs, lengths))
     count = 0
+
+    def check(output: av.AudioFrame | None = None) -> None:
+        """Every few frames in or out: stop when cancelled, report progress. One input frame
+        can yield hours of output (a long delay or pad), so the output side checks too."""
+        if cancel is not None and cancel.is_set():
+            raise Unavailable("cancelled: the client went away")
+        if progress is not None and total:
+            if output is not None and output.time is not None:
+                progress(min(output.time, total), total)
+            elif active:
+                progress(min(position[i] for i in active) / rate, total)
+
     while active:
         index = min(active, key=position.__getitem__)
         source = inputs[index][0]
@@ -270,16 +282,20 @@ def run_graph(
             source.push(frame)
             pushed[index] += frame.samples
             position[index] += frame.samples
-        _drain(sink, encoder.encode)
+        _drain(sink, encoder.encode, check=check)
         count += 1
-        if cancel is not None and count % _CANCEL_CHECK_FRAMES == 0 and cancel.is_set():
-            raise Unavailable("cancelled: the client went away")
-        if progress is not None and total and active and count % _CANCEL_CHECK_FRAMES == 0:
-            progress(min(position[i] for i in active) / rate, total)
-    _drain(sink, encoder.encode, until_eof=True)
+        if count % _CANCEL_CHECK_FRAMES == 0:
+            check()
+    _drain(sink, encoder.encode, until_eof=True, check=check)
 
 
-def _drain(sink, emit: Callable[[av.AudioFrame], None], until_eof: bool = False) -> None:
+def _drain(
+    sink,
+    emit: Callable[[av.AudioFrame], None],
+    until_eof: bool = False,
+    check: Callable[[av.AudioFrame], None] | None = None,
+) -> None:
+    pulled = 0
     while True:
         try:
             frame = sink.pull()
@@ -290,3 +306,6 @@ def _drain(sink, emit: Callable[[av.AudioFrame], None], until_eof: bool = False)
                 raise RuntimeError("the filter graph stopped before its end of stream") from None
             return
         emit(frame)
+        pulled += 1
+        if check is not None and pulled % _CANCEL_CHECK_FRAMES == 0:
+            check(frame)

@@ -177,6 +177,7 @@ class WorkerServer:
                 done, _ = await asyncio.wait({finished, hangup}, return_when=asyncio.FIRST_COMPLETED)
                 if finished not in done:
                     self._cancel(queued)
+                    finished.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
                     return None
                 return self._reply(finished)
             finally:

@@ -180,7 +180,8 @@ def test_from_url_retry_attaches_then_is_stored_then_expires(service: Service, a
 
 
 def test_diarize_retry_attaches(service: Service, audio_server, sample_wav: Path, tmp_path: Path) -> None:
-    url = audio_server.add("retry-diarize.wav", concatenated(sample_wav, tmp_path, 2))
+    # Long enough that the fast pipeline is still at work when the first client gives up.
+    url = audio_server.add("retry-diarize.wav", concatenated(sample_wav, tmp_path, 20))
     impatient, patient = service.client(timeout=FIRST_TIMEOUT), service.client(timeout=600)
     with WorkerWatch(service, "diarizer") as watch:
         give_up_early(lambda: impatient.post("/diarize", params={"audio_file_url": f"{url}?sig=1", "timestamp": 5}))
@@ -226,7 +227,9 @@ def test_idempotency_key_answers_before_downloading(service: Service, audio_serv
     again = client.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": f"{url}?a=2"}, headers=headers)
     assert first.status_code == again.status_code == 200 and again.json() == first.json()
     assert len([r for r in audio_server.requests if "retry-idempotent" in r]) == fetched  # no second download
-    assert "result=stored" in access_lines(service, "/v1/audio/transcriptions-from-url")[-1]
+    # The access line is written once the answer is sent: give it a moment to reach the log.
+    wait_for(lambda: "result=stored" in access_lines(service, "/v1/audio/transcriptions-from-url")[-1], 5,
+             "the retry was not logged as stored")
 
 
 def test_live_upload_is_cancelled_when_its_client_leaves(service: Service, audio_server, long_wav: Path) -> None:

@@ -259,15 +259,13 @@ def run_graph(
     count = 0
 
     def check(output: av.AudioFrame | None = None) -> None:
-        """Every few frames in or out: stop when cancelled, report progress. One input frame
-        can yield hours of output (a long delay or pad), so the output side checks too."""
+        """Every few frames in, and out: stop when cancelled; report progress on the input
+        timeline. One input frame can yield hours of output (a long pad before it), so the
+        output side looks at the cancel flag too."""
         if cancel is not None and cancel.is_set():
             raise Unavailable("cancelled: the client went away")
-        if progress is not None and total:
-            if output is not None and output.time is not None:
-                progress(min(output.time, total), total)
-            elif active:
-                progress(min(position[i] for i in active) / rate, total)
+        if output is None and progress is not None and total and active:
+            progress(min(position[i] for i in active) / rate, total)
 
     while active:
         index = min(active, key=position.__getitem__)

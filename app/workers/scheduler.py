@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.workers.devices import nice_this_thread
+from app.workers.progress import ProgressLog
 
 log = logging.getLogger("app.worker.scheduler")
 
 Priority = Literal["live", "recording"]
 RTF_SMOOTHING = 0.3  # weight of the newest batch in the moving average
-PROGRESS_LOG_SECONDS = 30.0  # a job longer than this logs its progress at most this often
 
 
 @dataclass(eq=False)
@@ -75,10 +75,8 @@ class Job:
     total: int = 0
     seconds: float = 0.0
     seconds_done: float = 0.0
-    running: int = 0
     cancelled: bool = False
-    started: float = field(default_factory=time.monotonic)
-    next_progress_log: float = 0.0
+    progress: ProgressLog = field(default_factory=lambda: ProgressLog(log, "transcription"))
 
     def add(self, seconds: float, data: Any) -> Piece:
         """Append a piece of `seconds` of audio (call before `Scheduler.submit`)."""
@@ -170,11 +168,6 @@ class Scheduler:
         return max(0.0, self._queued_seconds)
 
     @property
-    def pending_jobs(self) -> int:
-        with self._lock:
-            return len(self._live) + len(self._recordings)
-
-    @property
     def rtf(self) -> float | None:
         """Measured real-time factor: seconds of batch time per second of audio (EMA)."""
         return self._rtf
@@ -246,7 +239,6 @@ class Scheduler:
 
     def _pop(self, job: Job) -> Piece:
         piece = job.pieces.popleft()
-        job.running += 1
         self._live_running += job.priority == "live"
         if not job.pieces:
             (self._live if job.priority == "live" else self._recordings).remove(job)
@@ -288,7 +280,6 @@ class Scheduler:
                 rtf = elapsed / audio
                 self._rtf = rtf if self._rtf is None else (1 - RTF_SMOOTHING) * self._rtf + RTF_SMOOTHING * rtf
             for piece in batch:
-                piece.job.running -= 1
                 self._live_running -= piece.job.priority == "live"
             self._lock.notify_all()  # lanes held back by live work may go on
             for index, piece in enumerate(live):
@@ -305,7 +296,7 @@ class Scheduler:
                 if job.done:
                     finished.append(job)
                 else:
-                    self._log_progress(job)
+                    job.progress.update(job.seconds_done, job.seconds)
         for job in failed.values():
             self.jobs_done += 1
             job.future.set_exception(error)  # type: ignore[arg-type]
@@ -322,17 +313,3 @@ class Scheduler:
             return
         if not job.future.done():
             job.future.set_result(result)
-
-    def _log_progress(self, job: Job) -> None:
-        now = time.monotonic()
-        elapsed = now - job.started
-        if elapsed < PROGRESS_LOG_SECONDS or now < job.next_progress_log:
-            return
-        job.next_progress_log = now + PROGRESS_LOG_SECONDS
-        share = job.seconds_done / job.seconds if job.seconds else 1.0
-        rate = job.seconds_done / elapsed if elapsed else 0.0  # audio seconds per second
-        left = (job.seconds - job.seconds_done) / rate if rate else float("nan")
-        log.info(
-            "job %d progress: %.0f%% of %.0f s of speech, %.2f s per audio s, about %.0f s left",
-            job.id, 100 * share, job.seconds, elapsed / job.seconds_done if job.seconds_done else 0.0, left,
-        )

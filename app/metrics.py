@@ -28,16 +28,17 @@ from pathlib import Path
 from cryptography import x509
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.middleware import HttpMiddleware, StatusRecorder
 from app.settings import Settings
 from app.workers.client import ping
 from app.workers.protocol import Pong
 from app.workers.registry import WORKERS
-from app.workers.supervisor import RESTARTS_SUFFIX, SERVING_CERT, metrics_dir
+from app.workers.supervisor import RESTARTS_SUFFIX, SERVING_CERT
 
 PREFIX = "reflector_gpu"
 UNMATCHED = "unmatched"
@@ -71,35 +72,22 @@ def route_label(scope: Scope) -> str:
     return getattr(handler, "name", None) or scope.get("path_template") or UNMATCHED
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """ASGI middleware (HTTP only): counts each request by route and status, its duration, and
     the audio seconds the handler reported in ``scope["state"]["audio_seconds"]``. A request
     whose client left before any answer counts as status 499."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status = 500
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, recorder)
         except asyncio.CancelledError:
-            status = 499
+            recorder.status = 499
             raise
         finally:
             route = route_label(scope)
-            REQUESTS.labels(route=route, status=str(status)).inc()
+            REQUESTS.labels(route=route, status=str(recorder.status)).inc()
             DURATION.labels(route=route).observe(time.perf_counter() - started)
             audio = (scope.get("state") or {}).get("audio_seconds")
             if audio:

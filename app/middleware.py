@@ -35,8 +35,9 @@ DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 DRAIN_TIMEOUT_SECONDS = 10.0
 
 
-class AccessLog:
-    """Logs one ``app.access`` line per HTTP request when it ends, whatever happened."""
+class HttpMiddleware:
+    """Base of every middleware here: wraps `app`; HTTP requests go to `handle`, anything
+    else (lifespan, websockets) passes through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,18 +46,35 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class StatusRecorder:
+    """A `send` that passes every message on and keeps the response's `status` (500 until a
+    response starts)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
+class AccessLog(HttpMiddleware):
+    """Logs one ``app.access`` line per HTTP request when it ends, whatever happened."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.setdefault("state", {})
         started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, recorder)
         finally:
             audio = state.get("audio_seconds")
             error = state.get("error")
@@ -65,7 +83,7 @@ class AccessLog:
                 "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s key=%s%s%s",
                 scope["method"],
                 quote(scope["path"], safe="/"),  # a decoded %0a must not start a forged line
-                status,
+                recorder.status,
                 (time.perf_counter() - started) * 1000,
                 "-" if audio is None else f"{audio:.2f}",
                 state.get("key_name", "-"),
@@ -74,14 +92,11 @@ class AccessLog:
             )
 
 
-class HeadAsGet:
+class HeadAsGet(HttpMiddleware):
     """Serves ``HEAD`` as ``GET`` and drops the response body (headers stay as GET's)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
 
@@ -93,16 +108,10 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
-class RequestBody:
+class RequestBody(HttpMiddleware):
     """Turns an early disconnect into `ClientGone`, and drains an unread body before an error."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         body_done = False
         headers = dict(scope.get("headers") or [])
         has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers

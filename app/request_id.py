@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 import uuid
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
 
 from app.logs import request_id
+from app.middleware import HttpMiddleware
 
 HEADER = b"x-request-id"
 _VALID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -27,16 +28,10 @@ def incoming_or_new(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """ASGI middleware (HTTP only) giving each request its id; see the module docstring."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = incoming_or_new(scope)
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id.set(rid)

@@ -13,6 +13,7 @@ the reply cancels the job. Every message is a tagged
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from typing import Any
 
@@ -93,3 +94,23 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         return None
+
+
+def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """Read one frame's body from a blocking socket (for callers without an event loop,
+    such as the supervisor's watchdog). Raises `EOFError` when the peer closes first,
+    `ValueError` for a frame over `max_bytes`, `OSError` (e.g. a time-out) from the socket."""
+
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    (length,) = _LENGTH.unpack(exactly(_LENGTH.size))
+    if length > max_bytes:
+        raise ValueError(f"frame of {length} bytes is over the {max_bytes}-byte limit")
+    return exactly(length)

@@ -14,7 +14,6 @@ and it is restarted like any worker that exits.
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -22,9 +21,8 @@ from pathlib import Path
 
 import msgspec
 
-from app.workers.protocol import Ping, Pong, encode_frame
+from app.workers.protocol import Ping, Pong, encode_frame, recv_frame
 
-_LENGTH = struct.Struct(">I")
 MAX_PONG_BYTES = 1024 * 1024
 
 
@@ -36,23 +34,9 @@ def ping_blocking(path: Path, timeout: float) -> Pong | None:
             sock.settimeout(timeout)
             sock.connect(str(path))
             sock.sendall(encode_frame(Ping()))
-            header = _read_exactly(sock, _LENGTH.size)
-            (length,) = _LENGTH.unpack(header)
-            if length > MAX_PONG_BYTES:
-                return None
-            return msgspec.msgpack.decode(_read_exactly(sock, length), type=Pong)
-    except (OSError, EOFError, msgspec.DecodeError):
+            return msgspec.msgpack.decode(recv_frame(sock, MAX_PONG_BYTES), type=Pong)
+    except (OSError, EOFError, ValueError, msgspec.DecodeError):
         return None
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
 
 
 @dataclass

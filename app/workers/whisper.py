@@ -327,8 +327,6 @@ class WhisperEngine:
     def _detect_language(self, chunks: list) -> str:
         """The language of the first 30 s of speech (faster-whisper's own detector); ``en``
         for English-only models and for audio without speech."""
-        import numpy as np
-
         if not self.model.model.is_multilingual or not chunks:
             return "en"
         features = self.model.feature_extractor(chunks[0])[..., :-1]

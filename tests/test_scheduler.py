@@ -188,3 +188,39 @@ def test_two_lanes_share_the_queue_and_measure_the_real_time_factor():
     assert scheduler.rtf is not None and 0 < scheduler.rtf < 1
     assert scheduler.estimated_wait(100.0) == pytest.approx(100.0 * scheduler.rtf)
     scheduler.stop()
+
+
+def test_a_lane_leaves_a_busy_lane_its_share_of_the_queue():
+    """Both lanes busy, two pieces queued: the lane that frees first takes one, not both,
+    so the other lane is not left idle while it decodes a batch of two (4 pieces on 2 lanes
+    end after 2 rounds, not 3)."""
+    gates = {name: threading.Event() for name in ("t-bulk0", "t-bulk1")}
+    started = threading.Semaphore(0)
+    batches: list[tuple[str, list[str]]] = []
+
+    def run_batch(pieces):
+        lane = threading.current_thread().name
+        batches.append((lane, [piece.job.context for piece in pieces]))
+        started.release()
+        gates[lane].wait(10)
+        return [None] * len(pieces)
+
+    scheduler = Scheduler(run_batch, finish, batch_size=2, lanes=2, live_lane=False, name="t")
+    first = [make_job(name, 1) for name in ("a", "b")]
+    for job in first:
+        scheduler.submit(job)
+    assert started.acquire(timeout=5) and started.acquire(timeout=5)  # both lanes busy
+    later = [make_job(name, 1) for name in ("c", "d")]
+    for job in later:
+        scheduler.submit(job)
+    freed = batches[0][0]
+    gates[freed].set()
+    assert started.acquire(timeout=5)
+    assert batches[2] == (freed, [batches[2][1][0]]) and len(batches[2][1]) == 1
+    for gate in gates.values():
+        gate.set()
+    for job in first + later:
+        job.future.result(5)
+    assert sorted(name for _, names in batches for name in names) == ["a", "b", "c", "d"]
+    assert len(batches) == 4
+    scheduler.stop()

@@ -125,7 +125,6 @@ class Scheduler:
         self.jobs_done = 0
         self.last_progress = time.monotonic()  # when a batch last ended (the watchdog's pulse)
         self._lanes = lanes
-        self._idle_lanes = 0  # general lanes waiting for work
         self._live_running = 0  # pieces of live jobs in running batches
         kinds = [(f"bulk{i}", False) for i in range(lanes)] + ([("live", True)] if live_lane else [])
         self._threads = [
@@ -189,21 +188,23 @@ class Scheduler:
             with self._lock:
                 batch = self._take(live_only)
                 while not batch and not self._stopped:
-                    self._idle_lanes += not live_only
                     self._lock.wait()
-                    self._idle_lanes -= not live_only
                     batch = self._take(live_only)
                 if not batch:
                     return
             self._run(batch, self.live_run_batch if live_only else self.run_batch)
 
     def _limit(self, live_only: bool) -> int:
-        """Pieces the next batch may take: `batch_size`, shared out when several general
-        lanes are idle so that each gets a part of what is queued (lock held)."""
+        """Pieces the next batch may take: `batch_size`, or with several general lanes an
+        equal share of what is queued, counting the busy lanes too (lock held).
+
+        A busy lane will want its share when its batch ends: taking the whole queue into one
+        batch would leave that lane idle at the end while this one still runs (4 pieces on
+        2 lanes: 1 + 2 rounds on one lane, 1 on the other, instead of 2 + 2)."""
         if live_only or self._lanes == 1:
             return self.batch_size
         waiting = sum(len(job.pieces) for job in itertools.chain(self._live, self._recordings))
-        return max(1, min(self.batch_size, -(-waiting // (self._idle_lanes + 1))))
+        return max(1, min(self.batch_size, -(-waiting // self._lanes)))
 
     def _take(self, live_only: bool) -> list[Piece]:
         """Up to `batch_size` compatible pieces: live jobs in arrival order, then (unless

@@ -483,14 +483,18 @@ def _spectral(points: np.ndarray, low: int, high: int, options: FastOptions) -> 
         affinity = np.where(affinity >= cut, affinity, 0.0)
     affinity = np.clip(0.5 * (affinity + affinity.T), 0.0, None)
     graph = laplacian(affinity, normed=False)
-    top = min(n - 1, high)
+    # The eigen-gap is looked for over the default range too, then bounded by the hints: with
+    # 3 clear voices and max_speakers=2 the gaps at 1 and 2 are both noise, the one at 3 is
+    # not, and the answer is 2, not whichever noise gap is larger.
+    search = max(high, options.max_speakers_default)
+    top = min(n - 1, search)
     values, vectors = eigh(graph, subset_by_index=[0, top])
     if low == high:
         k = low
     else:
-        gaps = np.diff(values)[low - 1:high]
+        gaps = np.diff(values)[low - 1:search]
         k = low + int(np.argmax(gaps)) if len(gaps) else low
-    k = max(1, min(k, n))
+    k = max(1, min(k, high, n))
     if k == 1:
         return np.zeros(n, dtype=int)
     return _best_kmeans(vectors[:, :k], k)

@@ -19,6 +19,7 @@ sending the key). A test that needs other settings builds them with `make_settin
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import tempfile
@@ -86,9 +87,11 @@ class StubWorkers:
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
-    def serve(self, engine: StubEngine, queue_size: int | None = None) -> WorkerServer:
+    def serve(
+        self, engine: StubEngine, queue_size: int | None = None, queue_audio_seconds: float = math.inf
+    ) -> WorkerServer:
         """Start serving `engine` on ``<run>/<engine.kind>-0.sock``; returns its `WorkerServer`."""
-        server = WorkerServer(engine, queue_size or self.settings.queue_size)
+        server = WorkerServer(engine, queue_size or self.settings.queue_size, queue_audio_seconds)
         path = str(socket_path(self.settings, engine.kind))
 
         async def start() -> asyncio.AbstractServer:

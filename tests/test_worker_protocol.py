@@ -8,12 +8,16 @@ import threading
 import time
 
 import msgspec
+import numpy as np
 import pytest
 
+from app.audio.decode import stated_seconds
 from app.errors import Unavailable, WorkerReplyInvalid
 from app.workers import client
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, Failure, FrameTooLarge, Pong, encode_frame, read_frame
+from app.workers.diarizer import Diarization, DiarizeRequest
 from app.workers.whisper import TranscribeRequest, Transcript
+from tests.conftest import write_wav
 from tests.stub_workers import StubEngine
 
 pytest_plugins = ["tests.stub_workers"]
@@ -124,3 +128,45 @@ def test_a_client_that_leaves_cancels_the_job(workers, stub_settings) -> None:
     while not seen and time.monotonic() < deadline:
         time.sleep(0.02)
     assert seen == [True]
+
+
+class AudioStubEngine(StubEngine):
+    """A plain engine that states its requests' audio, as the diarizer does."""
+
+    def audio_seconds(self, request: DiarizeRequest) -> float:
+        return stated_seconds(request.path)
+
+
+def test_a_plain_engine_counts_queued_audio_and_refuses_past_the_audio_limit(workers, stub_settings, tmp_path) -> None:
+    """Queued seconds come from the file's header, the real-time factor from finished jobs,
+    and a recording past `REFLECTOR_GPU_QUEUE_AUDIO_SECONDS` gets 503 with a Retry-After."""
+    recording = write_wav(tmp_path / "30s.wav", np.zeros(30 * 16000, dtype=np.float32))
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    assert stated_seconds(recording) == pytest.approx(30.0)
+    assert stated_seconds(tmp_path / "junk.wav") == 0.0
+    release = threading.Event()
+    done = Diarization(diarization=[], duration=30.0)
+    engine = AudioStubEngine("diarizer", (DiarizeRequest,), lambda request, cancel: done, release)
+    workers.serve(engine, queue_audio_seconds=50)
+
+    def diarize() -> Diarization:
+        return asyncio.run(client.call(stub_settings, "diarizer", DiarizeRequest(path=str(recording)), Diarization))
+
+    def pong() -> Pong:
+        answer = asyncio.run(client.ping(stub_settings, "diarizer"))
+        assert answer is not None
+        return answer
+
+    first = threading.Thread(target=diarize)
+    first.start()
+    assert engine.started.wait(5)
+    assert pong().queued_seconds == pytest.approx(30.0) and pong().rtf is None
+    with pytest.raises(Unavailable, match="30 s of audio queued") as refused:
+        diarize()  # 30 s queued + 30 s > 50
+    assert refused.value.retry_after == 5  # no speed measured yet
+    time.sleep(0.3)
+    release.set()
+    first.join(10)
+    measured = pong()
+    assert measured.queued_seconds == 0 and measured.rtf is not None and 0.3 / 30 <= measured.rtf < 1
+    assert diarize() == done  # alone in an empty queue, a job is taken whatever its length

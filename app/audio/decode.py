@@ -55,6 +55,28 @@ def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float |
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+def stated_seconds(path: str | Path) -> float:
+    """The length `path` states in its headers (s; its first audio stream's, else its
+    container's), without decoding; 0.0 when it states none (a live WebM recording may not)
+    or cannot be opened. For queue accounting only: the decoders find the real length."""
+    try:
+        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                return 0.0
+            return container_seconds(container, container.streams.audio[0]) or 0.0
+    except (av.FFmpegError, UnicodeDecodeError, OSError):
+        return 0.0
+
+
+def container_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    """The length (s) `stream`'s header states, else the container's; None when neither does."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
 def _frames(container: av.container.InputContainer, stream: av.AudioStream):
     """Decoded frames of `stream`, skipping packets FFmpeg reports as invalid data."""
     for packet in container.demux(stream):

@@ -28,6 +28,7 @@ from pathlib import Path
 import av
 import av.filter
 
+from app.audio.decode import container_seconds
 from app.errors import InvalidAudio, PayloadTooLarge, Unavailable
 
 LAYOUT = "stereo"  # every job works and encodes in stereo, as the old service did
@@ -79,11 +80,7 @@ class Track:
     def duration_seconds(self) -> float | None:
         """The length the file states (s; its stream's, else its container's), or None
         when it states none, as a live WebM recording may. Only for progress estimates."""
-        if self._stream.duration is not None and self._stream.time_base is not None:
-            return float(self._stream.duration * self._stream.time_base)
-        if self._container.duration is not None:
-            return self._container.duration / av.time_base
-        return None
+        return container_seconds(self._container, self._stream)
 
     def _decode(self) -> Iterator[av.AudioFrame]:
         """Decoded frames of the first audio stream; packets FFmpeg reports as corrupt are skipped."""

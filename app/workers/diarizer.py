@@ -169,6 +169,7 @@ class DiarizerEngine:
                 self.source, self.options, hf_token=settings.hf_token, models_dir=settings.models_dir
             )
             backend = ""
+        self.load_seconds = time.monotonic() - started
         log.info(
             "loaded diarization pipeline %s (%s) on %s, step %.2f%s, in %.1f s",
             settings.diarization_model,
@@ -176,7 +177,7 @@ class DiarizerEngine:
             self.device,
             self.options.segmentation_step,
             backend,
-            time.monotonic() - started,
+            self.load_seconds,
         )
 
     def describe(self) -> Pong:
@@ -185,7 +186,15 @@ class DiarizerEngine:
             model=self.settings.diarization_model,
             device=self.device,
             info={"source": self.source.kind, "segmentation_step": self.options.segmentation_step},
+            load_seconds=round(self.load_seconds, 3),
         )
+
+    def audio_seconds(self, request: DiarizeRequest) -> float:
+        """Seconds of audio `request` holds, as its file's header states (0 when it states
+        none); the worker server's queue accounting (see `app.workers.server`)."""
+        from app.audio.decode import stated_seconds
+
+        return stated_seconds(request.path)
 
     def handle(self, request: DiarizeRequest, cancel: threading.Event) -> Diarization:
         """Diarize one file. Raises `InvalidAudio`/`PayloadTooLarge` from decoding and

@@ -46,6 +46,25 @@ Priority = Literal["live", "recording"]
 RTF_SMOOTHING = 0.3  # weight of the newest batch in the moving average
 
 
+class RealTimeFactor:
+    """Processing seconds per second of audio, as an exponential moving average over jobs
+    or batches (the newest weighs `RTF_SMOOTHING`); `value` is None before the first."""
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def add(self, elapsed: float, audio: float) -> None:
+        """Count `elapsed` s of processing spent on `audio` s (ignored when `audio` is 0)."""
+        if audio <= 0:
+            return
+        rtf = elapsed / audio
+        self.value = rtf if self.value is None else (1 - RTF_SMOOTHING) * self.value + RTF_SMOOTHING * rtf
+
+    def wait(self, audio: float) -> float | None:
+        """Seconds of processing `audio` s take at the measured factor (None before any)."""
+        return None if self.value is None else audio * self.value
+
+
 @dataclass(eq=False)
 class Piece:
     """One unit of model work: `index` within its job, `seconds` of audio, engine `data`."""
@@ -119,7 +138,7 @@ class Scheduler:
         self._live: collections.deque[Job] = collections.deque()
         self._recordings: collections.deque[Job] = collections.deque()
         self._queued_seconds = 0.0
-        self._rtf: float | None = None
+        self._rtf = RealTimeFactor()
         self._stopped = False
         self.batches_run = 0
         self.jobs_done = 0
@@ -169,11 +188,11 @@ class Scheduler:
     @property
     def rtf(self) -> float | None:
         """Measured real-time factor: seconds of batch time per second of audio (EMA)."""
-        return self._rtf
+        return self._rtf.value
 
     def estimated_wait(self, seconds: float) -> float | None:
         """Seconds of processing `seconds` of audio take at the measured RTF (None before any)."""
-        return None if self._rtf is None else seconds * self._rtf
+        return self._rtf.wait(seconds)
 
     def queued_pieces(self, job: Job) -> int:
         """How many of `job`'s pieces are still waiting for a lane."""
@@ -277,9 +296,8 @@ class Scheduler:
             self.batches_run += 1
             self.last_progress = time.monotonic()
             self._queued_seconds -= sum(piece.seconds for piece in batch)  # `_drop` left running ones
-            if live and error is None and audio > 0:
-                rtf = elapsed / audio
-                self._rtf = rtf if self._rtf is None else (1 - RTF_SMOOTHING) * self._rtf + RTF_SMOOTHING * rtf
+            if live and error is None:
+                self._rtf.add(elapsed, audio)
             for piece in batch:
                 self._live_running -= piece.job.priority == "live"
             self._lock.notify_all()  # lanes held back by live work may go on

@@ -10,12 +10,16 @@ An engine is a class with:
 - ``__init__(settings)``: loads the model; raises `app.errors.ServiceError` or anything;
 - ``describe() -> Pong``;
 - either ``handle(request, cancel: threading.Event) -> msgspec.Struct``: runs one job;
-  jobs then run one at a time on one thread (one model, one device);
+  jobs then run one at a time on one thread (one model, one device). Such an engine may
+  also have ``audio_seconds(request) -> float`` (the audio the job processes, from the
+  file's header): the server then counts queued audio and the measured real-time factor
+  for it, and refuses past ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` as below;
 - or ``prepare(request) -> Job`` plus a ``scheduler`` (`app.workers.scheduler.Scheduler`):
   ``prepare`` decodes and cuts the job on a small pool of threads, then its pieces are
   queued and the scheduler batches pieces across jobs.
-  The job is then refused when the audio already queued is over
-  ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` (live jobs excepted, since they go first), with a
+  The job is then refused when the audio already queued and the job's own are over
+  ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` (live jobs excepted, since they go first; a job
+  alone in an empty queue is always taken), with a
   ``Retry-After`` estimated from the backlog and the measured real-time factor; a client
   that leaves has its queued pieces dropped at once.
 Either raises `app.errors.ServiceError` subclasses for failures the client should see.
@@ -43,7 +47,7 @@ from app.logs import setup_logging
 from app.workers import devices
 from app.workers.protocol import Accepted, Failure, Ping, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
-from app.workers.scheduler import Job
+from app.workers.scheduler import Job, RealTimeFactor
 
 log = logging.getLogger("app.worker")
 
@@ -89,6 +93,10 @@ class WorkerServer:
         self.jobs_done = 0
         self._last_progress = time.monotonic()
         self.scheduled = hasattr(engine, "scheduler")
+        # Plain engines that measure their requests' audio (see the module docstring).
+        self._audio_seconds = None if self.scheduled else getattr(engine, "audio_seconds", None)
+        self.queued_audio = 0.0  # seconds of audio of accepted, unfinished plain jobs
+        self.rtf = RealTimeFactor()  # of plain jobs
         workers = PREPARE_THREADS if self.scheduled else 1
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=engine.kind)
         self._decoder = msgspec.msgpack.Decoder(Union[(Ping, *engine.request_types)])  # type: ignore[misc]
@@ -134,6 +142,8 @@ class WorkerServer:
     def pong(self) -> msgspec.Struct:
         """The engine's `Pong` with this server's queue figures."""
         pong = self.engine.describe()
+        if self._audio_seconds is not None:
+            pong = msgspec.structs.replace(pong, queued_seconds=round(self.queued_audio, 3), rtf=self.rtf.value)
         return msgspec.structs.replace(
             pong, busy=self.pending, replica=self.replica, jobs_done=self.jobs_done,
             stalled_seconds=round(self.stalled_seconds(), 3),
@@ -154,12 +164,19 @@ class WorkerServer:
         if self.pending == 0:
             self.progress()  # idle time is no stall
         self.pending += 1  # counted before any await, so the limit above sees every job
+        seconds = 0.0
         try:
             writer.write(encode_frame(Accepted()))
             await writer.drain()
+            if self._audio_seconds is not None:
+                seconds = await asyncio.to_thread(self._audio_seconds, request)
+                if self._over_audio_limit(seconds):
+                    seconds = 0.0
+                    return self._audio_limit_failure(self.queued_audio)
+                self.queued_audio += seconds
             cancel = ProgressEvent(self.progress)
             loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(self._executor, self._start, request, cancel)
+            job = loop.run_in_executor(self._executor, self._start, request, cancel, seconds)
             hangup = asyncio.ensure_future(reader.read(1))  # b"" when the client goes away
             try:
                 done, _ = await asyncio.wait({job, hangup}, return_when=asyncio.FIRST_COMPLETED)
@@ -185,19 +202,35 @@ class WorkerServer:
         finally:
             self.pending -= 1
             self.jobs_done += 1
+            self.queued_audio = max(0.0, self.queued_audio - seconds)
 
     def _cancel(self, job: Job) -> None:
         """The client left: drop the job's queued pieces now."""
         self.engine.scheduler.cancel(job, Unavailable("cancelled: the client went away"))
 
     def _retry_after(self, backlog_seconds: float | None = None) -> int:
-        """Seconds until the worker has room: the queued audio at the measured real-time
-        factor when known (scheduled engines), else 5."""
+        """Seconds until the worker has room: the queued audio (or `backlog_seconds`) at the
+        measured real-time factor when known, else 5."""
         scheduler = getattr(self.engine, "scheduler", None)
-        if scheduler is None:
-            return 5
-        wait = scheduler.estimated_wait(scheduler.queued_seconds if backlog_seconds is None else backlog_seconds)
+        if scheduler is not None:
+            wait = scheduler.estimated_wait(scheduler.queued_seconds if backlog_seconds is None else backlog_seconds)
+        else:
+            wait = self.rtf.wait(self.queued_audio if backlog_seconds is None else backlog_seconds)
         return 5 if wait is None else int(min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(wait))))
+
+    def _over_audio_limit(self, seconds: float, backlog: float | None = None) -> bool:
+        """Whether a recording of `seconds` s must wait: audio is queued already and with
+        this job it would pass `queue_audio_seconds` (a job alone is always taken)."""
+        backlog = self.queued_audio if backlog is None else backlog
+        return backlog > 0 and backlog + seconds > self.queue_audio_seconds
+
+    def _audio_limit_failure(self, backlog: float) -> Failure:
+        return Failure(
+            "Unavailable",
+            f"the {self.engine.kind} worker has {backlog:.0f} s of audio queued "
+            f"(REFLECTOR_GPU_QUEUE_AUDIO_SECONDS={self.queue_audio_seconds:g}); retry later",
+            retry_after=self._retry_after(backlog),
+        )
 
     def _reply(self, finished: asyncio.Future) -> msgspec.Struct:
         try:
@@ -208,24 +241,23 @@ class WorkerServer:
             log.error("%s job failed", self.engine.kind, exc_info=exc)
             return Failure("WorkerFailed", f"the {self.engine.kind} worker failed: {type(exc).__name__}")
 
-    def _start(self, request: Any, cancel: threading.Event) -> msgspec.Struct | Job:
-        """On an executor thread: run a plain engine's job, or prepare and queue a
-        scheduled engine's job (returning it; its future holds the result)."""
+    def _start(self, request: Any, cancel: threading.Event, seconds: float = 0.0) -> msgspec.Struct | Job:
+        """On an executor thread: run a plain engine's job (`seconds` of audio, timed for
+        the real-time factor), or prepare and queue a scheduled engine's job (returning
+        it; its future holds the result)."""
         if cancel.is_set():
             return Failure("Unavailable", "cancelled: the client went away")
         try:
             if not self.scheduled:
-                return self.engine.handle(request, cancel)
+                started = time.monotonic()
+                result = self.engine.handle(request, cancel)
+                self.rtf.add(time.monotonic() - started, seconds)
+                return result
             job = self.engine.prepare(request)
             scheduler = self.engine.scheduler
             backlog = scheduler.queued_seconds
-            if job.priority != "live" and backlog > 0 and backlog + job.seconds > self.queue_audio_seconds:
-                return Failure(
-                    "Unavailable",
-                    f"the {self.engine.kind} worker has {backlog:.0f} s of audio queued "
-                    f"(REFLECTOR_GPU_QUEUE_AUDIO_SECONDS={self.queue_audio_seconds:g}); retry later",
-                    retry_after=self._retry_after(backlog),
-                )
+            if job.priority != "live" and self._over_audio_limit(job.seconds, backlog):
+                return self._audio_limit_failure(backlog)
             if cancel.is_set():
                 return Failure("Unavailable", "cancelled: the client went away")
             scheduler.submit(job)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest, values
@@ -205,7 +206,7 @@ def routes(settings: Settings) -> list[HTTPRouteHandler]:
         return []
 
     @get("/metrics", name="metrics", opt={"open": settings.metrics == "open"}, include_in_schema=False)
-    async def metrics_endpoint(settings: Settings) -> Response[bytes]:
+    async def metrics_endpoint(settings: NamedDependency[Settings]) -> Response[bytes]:
         """Prometheus text format; see app/metrics.py."""
         return Response(await exposition(settings), media_type=CONTENT_TYPE)
 

@@ -22,6 +22,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from msgspec import Meta
 
 from app.audio.upload import check_output_url, upload
@@ -122,7 +124,7 @@ async def _encode(settings: Settings, message: PadRequest | MixdownRequest, outp
 
 
 @post("/pad", name="pad", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
-async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
+async def pad(request: Request, data: JSONBody[PadBody], settings: NamedDependency[Settings]) -> PadResult:
     """Prepend ``start_time_seconds`` of silence to the track; PUT WebM/Opus (48 kHz stereo, 128 kbit/s).
 
     400 when a URL is empty or ``start_time_seconds`` is not in (0, 18000].
@@ -155,7 +157,7 @@ async def pad(request: Request, data: PadBody, settings: Settings) -> PadResult:
 
 
 @post("/mixdown", name="mixdown", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
-async def mixdown(request: Request, data: MixdownBody, settings: Settings) -> MixdownResult:
+async def mixdown(request: Request, data: JSONBody[MixdownBody], settings: NamedDependency[Settings]) -> MixdownResult:
     """Mix the tracks, each delayed by its offset minus the smallest, into an MP3 (no normalising).
 
     Empty URLs are skipped. 400 when no URL is left, ``offsets_seconds`` has another length
@@ -237,7 +239,9 @@ async def _mix(
 
 
 @post("/v1/audio/mixdown", name="mixdown-v1", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
-async def mixdown_v1(request: Request, data: MixdownV1Body, settings: Settings) -> MixdownV1Result:
+async def mixdown_v1(
+    request: Request, data: JSONBody[MixdownV1Body], settings: NamedDependency[Settings]
+) -> MixdownV1Result:
     """Mix the tracks from their starts (summed, no normalising) into an MP3; PUT it to ``output_url``.
 
     Reflector's ``feature/modal-mixdown`` client shape. Empty URLs are skipped. 400 when no

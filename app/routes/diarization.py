@@ -15,6 +15,8 @@ from pathlib import Path
 
 import msgspec
 from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 
 from app.errors import BadRequest
 from app.routes.recording import Recording, served
@@ -48,12 +50,12 @@ class DiarizationResult(msgspec.Struct):
 @post("/diarize", name="diarize", status_code=200)
 async def diarize(
     request: Request,
-    settings: Settings,
-    audio_file_url: str,
+    settings: NamedDependency[Settings],
+    audio_file_url: FromQuery[str],
     timestamp: TimestampOffsetQuery = 0.0,
-    num_speakers: int | None = None,
-    min_speakers: int | None = None,
-    max_speakers: int | None = None,
+    num_speakers: FromQuery[int | None] = None,
+    min_speakers: FromQuery[int | None] = None,
+    max_speakers: FromQuery[int | None] = None,
 ) -> DiarizationResult:
     """Download ``audio_file_url`` and diarize it; every time is shifted by ``timestamp`` seconds.
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 import msgspec
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from app.settings import Settings
 from app.workers import client
@@ -58,7 +59,7 @@ def health() -> Health:
 
 
 @get("/ready", opt={"open": True}, name="ready")
-async def ready(settings: Settings) -> Response[Readiness]:
+async def ready(settings: NamedDependency[Settings]) -> Response[Readiness]:
     """200 when every replica of every configured worker has loaded its model and answers a
     ping, else 503."""
     targets = [(w.kind, i) for w in WORKERS if w.configured(settings) for i in range(w.replicas(settings))]

@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 from litestar import get
+from litestar.di import NamedDependency
 
 from app.settings import Settings
 from app.workers import client
@@ -58,7 +59,7 @@ def check_model(settings: Settings, name: str | None) -> None:
 
 
 @get("/v1/models", name="models", cache=False)
-async def models(settings: Settings) -> ModelList:
+async def models(settings: NamedDependency[Settings]) -> ModelList:
     """The loaded transcription model under every name it answers to (empty while loading)."""
     replicas = spec("whisper").replicas(settings)
     pongs = await asyncio.gather(*(client.ping(settings, "whisper", i) for i in range(replicas)))

@@ -26,6 +26,8 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
 from app.routes import JSON_BODY_LIMIT_BYTES, check_language
@@ -340,7 +342,7 @@ _FORMAT_HELP = (
     ),
 )
 async def transcriptions(
-    request: Request, settings: Settings
+    request: Request, settings: NamedDependency[Settings]
 ) -> JsonTranscription | VerboseTranscription | DiarizedTranscription | BatchTranscription:
     """Transcribe uploaded audio (OpenAI's ``POST /v1/audio/transcriptions``).
 
@@ -370,7 +372,7 @@ async def transcriptions(
     ),
 )
 async def translations(
-    request: Request, settings: Settings
+    request: Request, settings: NamedDependency[Settings]
 ) -> JsonTranscription | VerboseTranscription | BatchTranscription:
     """Translate uploaded speech in any language into English text (OpenAI's
     ``POST /v1/audio/translations``). Needs a multilingual Whisper model (400 otherwise)."""
@@ -384,7 +386,7 @@ async def translations(
     request_max_body_size=JSON_BODY_LIMIT_BYTES,
 )
 async def transcriptions_from_url(
-    request: Request, data: UrlTranscriptionRequest, settings: Settings
+    request: Request, data: JSONBody[UrlTranscriptionRequest], settings: NamedDependency[Settings]
 ) -> UrlTranscription:
     """Download ``audio_file_url`` and transcribe the whole recording.
 

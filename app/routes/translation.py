@@ -20,7 +20,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
 
 from app.errors import BadRequest, PayloadTooLarge
 from app.languages import load_table
@@ -61,8 +62,8 @@ def _code(value: str | None, default: str, side: str) -> str:
 
 @post("/translate", name="translate", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
 async def translate(
-    settings: Settings,
-    data: TranslationParameters | None = None,
+    settings: NamedDependency[Settings],
+    data: JSONBody[TranslationParameters | None] = None,
     text: Annotated[str | None, Parameter(description="the text to translate")] = None,
     source_language: Annotated[str | None, Parameter(description="Reflector's code, default en")] = None,
     target_language: Annotated[str | None, Parameter(description="Reflector's code, default fr")] = None,

@@ -131,9 +131,15 @@ def build_app(settings: Settings | None = None) -> Litestar:
     """The Litestar application for `settings` (read from the environment when None)."""
     settings = settings or settings_module.load()
     setup_logging(settings.log_level, settings.log_format)
-
+    handlers = [*ROUTES, *metrics.routes(settings)]
+    unknown = settings.open_routes - {handler.name for handler in handlers}
+    if unknown:
+        log.warning(
+            "REFLECTOR_GPU_OPEN_ROUTES names no route: %s (those routes still need the key); route names: %s",
+            ", ".join(sorted(unknown)), ", ".join(sorted(handler.name for handler in handlers if handler.name)),
+        )
     return Litestar(
-        route_handlers=[*ROUTES, *metrics.routes(settings)],
+        route_handlers=handlers,
         guards=[require_api_key],
         dependencies={"settings": Provide(_provide_settings, use_cache=True, sync_to_thread=False)},
         exception_handlers={

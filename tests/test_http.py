@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from app.errors import FAILURE_KINDS, ClientGone, ServiceError, Unauthorized
+from app.main import build_app
 from app.middleware import RequestBody
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, encode_frame
 from app.workers.translator import TranslateRequest, Translation
@@ -52,6 +53,19 @@ def test_key_is_required_except_on_open_routes(stub_settings, workers) -> None:
     with open_client(make_settings(stub_settings.state_dir, open_routes=frozenset({"translate"})), key=None) as c:
         assert c.post("/translate", params={"text": "hi", "source_language": "en", "target_language": "en"}).status_code == 200
         assert c.post("/diarize", params={"audio_file_url": "http://127.0.0.1:9/a.wav"}).status_code == 401
+
+
+def test_an_unknown_open_route_name_is_reported_at_start(stub_settings, caplog, monkeypatch) -> None:
+    """A misspelt name in REFLECTOR_GPU_OPEN_ROUTES opens nothing; the log says so and lists the names."""
+    monkeypatch.setattr("app.main.setup_logging", lambda *args: None)  # keep caplog's handler
+    with caplog.at_level(logging.WARNING, logger="app.http"):
+        build_app(make_settings(stub_settings.state_dir, open_routes=frozenset({"translat", "translate"})))
+    [record] = [r for r in caplog.records if "OPEN_ROUTES" in r.getMessage()]
+    assert "names no route: translat (" in record.getMessage() and "translate" in record.getMessage().split("route names:")[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="app.http"):
+        build_app(make_settings(stub_settings.state_dir, open_routes=frozenset({"translate"})))
+    assert not [r for r in caplog.records if "OPEN_ROUTES" in r.getMessage()]
 
 
 def test_head_health_answers_200_without_a_body(app_client) -> None:

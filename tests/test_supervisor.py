@@ -5,14 +5,20 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from app import tls
-from tests.conftest import running_service, start_service, strict_context
+from app.audio.decode import decode_mono
+from tests.conftest import pyannote_sample_dir, running_service, start_service, strict_context, write_wav
+from tests.test_scheduling import queued_seconds, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +83,43 @@ def test_sigterm_stops_everything_within_ten_seconds(cert_dir: Path) -> None:
         assert time.monotonic() - started < 10
         assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in children)
         assert not (service.state_dir / "run" / "whisper-0.sock").exists()
+    finally:
+        service.stop()
+        shutil.rmtree(service.state_dir, ignore_errors=True)
+
+
+def test_a_request_longer_than_the_drain_gets_503_not_a_cut_connection(cert_dir: Path, tmp_path: Path, audio_server) -> None:
+    """SIGTERM while a 10-minute recording is being transcribed: the service stops within
+    10 s and the request gets an answer: a JSON 503 once the drain time is over (the
+    workers are stopped before Granian), never a dropped connection or a traceback."""
+    audio = decode_mono(pyannote_sample_dir() / "sample.wav")
+    url = audio_server.add("stop-10min.wav", write_wav(tmp_path / "10min.wav", np.tile(audio, 20)))
+    service = start_service(cert_dir, ORPHAN_SECONDS="0")
+    outcome: list[object] = []
+
+    def transcribe() -> None:
+        try:
+            outcome.append(service.client(timeout=60).post(
+                "/v1/audio/transcriptions-from-url", json={"audio_file_url": url, "timestamp_offset": 7.0}
+            ))
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    try:
+        thread = threading.Thread(target=transcribe)
+        thread.start()
+        assert wait_for(lambda: queued_seconds(service) > 60), service.log()  # its pieces are queued
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)  # as `podman stop`; the client stays connected
+        assert service.process.wait(20) == 0
+        elapsed = time.monotonic() - started
+        thread.join(30)
+        log = service.log()
+        assert elapsed < 10, log
+        [response] = outcome
+        assert isinstance(response, httpx.Response), f"{response!r}\n{log}"
+        assert response.status_code == 503 and "detail" in response.json()
+        assert "Traceback" not in log and "Exception in callback" not in log, log
     finally:
         service.stop()
         shutil.rmtree(service.state_dir, ignore_errors=True)

@@ -122,6 +122,11 @@ class WorkerServer:
                 await writer.drain()
         except (ConnectionError, BrokenPipeError):
             pass
+        except asyncio.CancelledError:
+            # The worker is stopping (SIGTERM): closing the connection tells the HTTP side,
+            # which answers 503. Ending the task normally also keeps Python 3.11's stream
+            # callback from logging the cancellation as an error with a traceback.
+            pass
         finally:
             writer.close()
 

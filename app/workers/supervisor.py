@@ -15,8 +15,10 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
 - Granian exiting ends the service with its exit status;
 - as PID 1 (in a container) it also reaps every orphaned process re-parented to it;
 - every child gets ``TMPDIR=<state>/tmp/processes``, so nothing lands in the system temp dir;
-- SIGTERM or SIGINT stops Granian first (in-flight requests finish within
-  `STOP_TIMEOUT_SECONDS`), then the workers;
+- SIGTERM or SIGINT stops Granian first: in-flight requests may finish within
+  `STOP_DRAIN_SECONDS`; then the workers stop, so the requests still in flight are
+  answered 503 (their worker went away) instead of being cut off when Granian's own
+  `STOP_TIMEOUT_SECONDS` runs out; all of it within `podman stop`'s 10 s;
 - certificate files an operator provides are polled; a changed pair is validated
   (`app.tls.check_pair`), copied to the run directory Granian reads from, and Granian gets
   SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on;
@@ -46,7 +48,11 @@ log = logging.getLogger("app.supervisor")
 
 MODEL_LOAD_FAILED = 3
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-STOP_TIMEOUT_SECONDS = 6.0  # Granian's grace period; with the workers' it fits `podman stop`'s 10 s
+# Stopping, within `podman stop`'s 10 s: requests in flight get STOP_DRAIN_SECONDS to finish;
+# then the workers get SIGTERM, which answers the rest 503; Granian itself is killed at
+# STOP_TIMEOUT_SECONDS, and the workers WORKER_STOP_SECONDS after that at the latest.
+STOP_DRAIN_SECONDS = 4.0
+STOP_TIMEOUT_SECONDS = 7.0
 WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
 FIRST_CERT_POLL_SECONDS = 0.2  # while Granian waits for the first ACME certificate
@@ -356,19 +362,32 @@ class Supervisor:
         def running(children: list[Child | None]) -> list[Child]:
             return [c for c in children if c is not None and c.process is not None]
 
-        # Granian first, so in-flight requests can still reach the workers while they finish.
-        stages = ((running([self.granian]), STOP_TIMEOUT_SECONDS), (running(self.workers), WORKER_STOP_SECONDS))
-        for group, grace in stages:
+        def signal_all(group: list[Child]) -> None:
             for child in group:
                 if child.process.poll() is None:
                     child.signal_group(signal.SIGTERM)
-            deadline = time.monotonic() + grace
+
+        def wait_all(group: list[Child], deadline: float, kill: bool) -> None:
             for child in group:
                 try:
                     child.process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
+                    if not kill:
+                        return
                     log.warning("%s did not stop in time; killing it", child.name)
-                child.signal_group(signal.SIGKILL)  # whatever is left in its group
-                child.process.wait()
+                if kill:
+                    child.signal_group(signal.SIGKILL)  # whatever is left in its group
+                    child.process.wait()
+
+        # Granian first, so in-flight requests can still reach the workers while they finish.
+        granian, workers = running([self.granian]), running(self.workers)
+        started = time.monotonic()
+        signal_all(granian)
+        wait_all(granian, started + STOP_DRAIN_SECONDS, kill=False)
+        if any(child.process.poll() is None for child in granian):
+            log.info("requests still in flight after %.0f s: stopping the workers answers them 503", STOP_DRAIN_SECONDS)
+        signal_all(workers)
+        wait_all(granian, started + STOP_TIMEOUT_SECONDS, kill=True)
+        wait_all(workers, time.monotonic() + WORKER_STOP_SECONDS, kill=True)
         shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)
         results.clear(self.settings)  # kept transcripts go with a clean stop

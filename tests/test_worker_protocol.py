@@ -17,6 +17,7 @@ from app.workers import client
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, Failure, FrameTooLarge, Pong, encode_frame, read_frame
 from app.workers.diarizer import Diarization, DiarizeRequest
 from app.workers.whisper import TranscribeRequest, Transcript
+from tests.audiogen import write_tone
 from tests.conftest import write_wav
 from tests.stub_workers import StubEngine
 
@@ -144,6 +145,9 @@ def test_a_plain_engine_counts_queued_audio_and_refuses_past_the_audio_limit(wor
     (tmp_path / "junk.wav").write_bytes(b"not audio at all")
     assert stated_seconds(recording) == pytest.approx(30.0)
     assert stated_seconds(tmp_path / "junk.wav") == 0.0
+    # A browser's live WebM states no length: its packets give it.
+    live = write_tone(tmp_path / "live.webm", 12.0, 440, 48000, kind="webm-live")
+    assert stated_seconds(live) == pytest.approx(12.0, abs=0.05)
     release = threading.Event()
     done = Diarization(diarization=[], duration=30.0)
     engine = AudioStubEngine("diarizer", (DiarizeRequest,), lambda request, cancel: done, release)

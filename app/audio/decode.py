@@ -56,14 +56,24 @@ def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float |
 
 
 def stated_seconds(path: str | Path) -> float:
-    """The length `path` states in its headers (s; its first audio stream's, else its
-    container's), without decoding; 0.0 when it states none (a live WebM recording may not)
-    or cannot be opened. For queue accounting only: the decoders find the real length."""
+    """The length of `path`'s first audio stream in seconds, without decoding: as its
+    headers state it (the stream's, else the container's), else, for a file that states
+    none (a WebM written live, as browsers record), the end of its last packet (demuxed,
+    not decoded). 0.0 when it cannot be opened or has no audio stream. For queue
+    accounting only: the decoders find the real length."""
     try:
         with av.open(str(path), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 return 0.0
-            return container_seconds(container, container.streams.audio[0]) or 0.0
+            stream = container.streams.audio[0]
+            stated = container_seconds(container, stream)
+            if stated is not None:
+                return stated
+            end = 0
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    end = max(end, packet.pts + (packet.duration or 0))
+            return float(end * stream.time_base) if stream.time_base is not None else 0.0
     except (av.FFmpegError, UnicodeDecodeError, OSError):
         return 0.0
 

@@ -94,6 +94,35 @@ def test_store_down(settings, payload):
         put(settings, "http://127.0.0.1:9/bucket/key?X-Amz-Signature=s", payload)
 
 
+def test_a_store_that_hangs_up_mid_body_is_a_broken_connection(settings, payload):
+    """A server that reads the request head and closes (as Python's http.server does for a
+    method it lacks): the message says the connection broke, not that it could not connect."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            put(settings, f"http://127.0.0.1:{port}/bucket/key?X-Amz-Signature=s", payload)
+    finally:
+        listener.close()
+    assert caught.value.detail.startswith(
+        f"uploading the result (PUT to 127.0.0.1:{port}) failed after 3 attempts: the connection broke"
+    ), caught.value.detail
+
+
 @pytest.fixture(scope="module")
 def store_certs(tmp_path_factory) -> Path:
     """A CA and a localhost server certificate made by our own code, as `make cert` writes them."""

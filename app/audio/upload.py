@@ -85,7 +85,8 @@ async def upload(settings: Settings, url: str, path: Path, content_type: str) ->
                         f"{step} failed: TLS verification failed; trust the store's CA with "
                         "REFLECTOR_GPU_EXTRA_CA or <REFLECTOR_GPU_TLS_DIR>/ca.crt"
                     ) from None
-                failure = f"cannot connect: {reason}"
+                connected = not isinstance(exc, httpx.ConnectError)
+                failure = f"the connection broke: {reason}" if connected else f"cannot connect: {reason}"
                 continue
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"{step} failed: {type(exc).__name__}") from None

@@ -367,27 +367,30 @@ class Supervisor:
                 if child.process.poll() is None:
                     child.signal_group(signal.SIGTERM)
 
-        def wait_all(group: list[Child], deadline: float, kill: bool) -> None:
+        def wait_for(group: list[Child], deadline: float) -> None:
             for child in group:
                 try:
                     child.process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    if not kill:
-                        return
+                    pass
+
+        def kill_left(group: list[Child]) -> None:
+            for child in group:
+                if child.process.poll() is None:
                     log.warning("%s did not stop in time; killing it", child.name)
-                if kill:
-                    child.signal_group(signal.SIGKILL)  # whatever is left in its group
-                    child.process.wait()
+                child.signal_group(signal.SIGKILL)  # whatever is left in its group
+                child.process.wait()
 
         # Granian first, so in-flight requests can still reach the workers while they finish.
         granian, workers = running([self.granian]), running(self.workers)
         started = time.monotonic()
         signal_all(granian)
-        wait_all(granian, started + STOP_DRAIN_SECONDS, kill=False)
+        wait_for(granian, started + STOP_DRAIN_SECONDS)
         if any(child.process.poll() is None for child in granian):
             log.info("requests still in flight after %.0f s: stopping the workers answers them 503", STOP_DRAIN_SECONDS)
         signal_all(workers)
-        wait_all(granian, started + STOP_TIMEOUT_SECONDS, kill=True)
-        wait_all(workers, time.monotonic() + WORKER_STOP_SECONDS, kill=True)
-        shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)
+        wait_for(granian, started + STOP_TIMEOUT_SECONDS)
+        kill_left(granian)
+        wait_for(workers, time.monotonic() + WORKER_STOP_SECONDS)
+        kill_left(workers)
         results.clear(self.settings)  # kept transcripts go with a clean stop

@@ -138,7 +138,7 @@ class Scheduler:
         self._live: collections.deque[Job] = collections.deque()
         self._recordings: collections.deque[Job] = collections.deque()
         self._queued_seconds = 0.0
-        self._rtf = RealTimeFactor()
+        self.speed = RealTimeFactor()  # of batches: processing seconds per audio second
         self._stopped = False
         self.batches_run = 0
         self.jobs_done = 0
@@ -188,11 +188,11 @@ class Scheduler:
     @property
     def rtf(self) -> float | None:
         """Measured real-time factor: seconds of batch time per second of audio (EMA)."""
-        return self._rtf.value
+        return self.speed.value
 
     def estimated_wait(self, seconds: float) -> float | None:
         """Seconds of processing `seconds` of audio take at the measured RTF (None before any)."""
-        return self._rtf.wait(seconds)
+        return self.speed.wait(seconds)
 
     def queued_pieces(self, job: Job) -> int:
         """How many of `job`'s pieces are still waiting for a lane."""
@@ -297,7 +297,7 @@ class Scheduler:
             self.last_progress = time.monotonic()
             self._queued_seconds -= sum(piece.seconds for piece in batch)  # `_drop` left running ones
             if live and error is None:
-                self._rtf.add(elapsed, audio)
+                self.speed.add(elapsed, audio)
             for piece in batch:
                 self._live_running -= piece.job.priority == "live"
             self._lock.notify_all()  # lanes held back by live work may go on

@@ -80,7 +80,7 @@ class WorkerServer:
     """Serves one loaded engine on a Unix socket; see the module docstring.
 
     `queue_size`: jobs running or queued before refusing; `queue_audio_seconds`: seconds of
-    queued audio before refusing a recording (scheduled engines only); `replica`: this
+    queued audio before refusing a recording (engines that measure audio); `replica`: this
     worker's index among its kind's replicas (reported in `Pong`).
     """
 
@@ -95,8 +95,9 @@ class WorkerServer:
         self.scheduled = hasattr(engine, "scheduler")
         # Plain engines that measure their requests' audio (see the module docstring).
         self._audio_seconds = None if self.scheduled else getattr(engine, "audio_seconds", None)
+        self.measures_audio = self.scheduled or self._audio_seconds is not None
         self.queued_audio = 0.0  # seconds of audio of accepted, unfinished plain jobs
-        self.rtf = RealTimeFactor()  # of plain jobs
+        self.speed = engine.scheduler.speed if self.scheduled else RealTimeFactor()
         workers = PREPARE_THREADS if self.scheduled else 1
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=engine.kind)
         self._decoder = msgspec.msgpack.Decoder(Union[(Ping, *engine.request_types)])  # type: ignore[misc]
@@ -139,16 +140,20 @@ class WorkerServer:
         if self.pending == 0:
             return 0.0
         last = self._last_progress
-        scheduler = getattr(self.engine, "scheduler", None)
-        if scheduler is not None:
-            last = max(last, scheduler.last_progress)
+        if self.scheduled:
+            last = max(last, self.engine.scheduler.last_progress)
         return max(0.0, time.monotonic() - last)
+
+    def queued_seconds(self) -> float:
+        """Seconds of audio accepted and not yet processed (the scheduler's pieces, or the
+        plain jobs' files)."""
+        return self.engine.scheduler.queued_seconds if self.scheduled else self.queued_audio
 
     def pong(self) -> msgspec.Struct:
         """The engine's `Pong` with this server's queue figures."""
         pong = self.engine.describe()
-        if self._audio_seconds is not None:
-            pong = msgspec.structs.replace(pong, queued_seconds=round(self.queued_audio, 3), rtf=self.rtf.value)
+        if self.measures_audio:
+            pong = msgspec.structs.replace(pong, queued_seconds=round(self.queued_seconds(), 3), rtf=self.speed.value)
         return msgspec.structs.replace(
             pong, busy=self.pending, replica=self.replica, jobs_done=self.jobs_done,
             stalled_seconds=round(self.stalled_seconds(), 3),
@@ -216,17 +221,13 @@ class WorkerServer:
     def _retry_after(self, backlog_seconds: float | None = None) -> int:
         """Seconds until the worker has room: the queued audio (or `backlog_seconds`) at the
         measured real-time factor when known, else 5."""
-        scheduler = getattr(self.engine, "scheduler", None)
-        if scheduler is not None:
-            wait = scheduler.estimated_wait(scheduler.queued_seconds if backlog_seconds is None else backlog_seconds)
-        else:
-            wait = self.rtf.wait(self.queued_audio if backlog_seconds is None else backlog_seconds)
+        wait = self.speed.wait(self.queued_seconds() if backlog_seconds is None else backlog_seconds)
         return 5 if wait is None else int(min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(wait))))
 
     def _over_audio_limit(self, seconds: float, backlog: float | None = None) -> bool:
         """Whether a recording of `seconds` s must wait: audio is queued already and with
         this job it would pass `queue_audio_seconds` (a job alone is always taken)."""
-        backlog = self.queued_audio if backlog is None else backlog
+        backlog = self.queued_seconds() if backlog is None else backlog
         return backlog > 0 and backlog + seconds > self.queue_audio_seconds
 
     def _audio_limit_failure(self, backlog: float) -> Failure:
@@ -256,16 +257,15 @@ class WorkerServer:
             if not self.scheduled:
                 started = time.monotonic()
                 result = self.engine.handle(request, cancel)
-                self.rtf.add(time.monotonic() - started, seconds)
+                self.speed.add(time.monotonic() - started, seconds)
                 return result
             job = self.engine.prepare(request)
-            scheduler = self.engine.scheduler
-            backlog = scheduler.queued_seconds
+            backlog = self.queued_seconds()
             if job.priority != "live" and self._over_audio_limit(job.seconds, backlog):
                 return self._audio_limit_failure(backlog)
             if cancel.is_set():
                 return Failure("Unavailable", "cancelled: the client went away")
-            scheduler.submit(job)
+            self.engine.scheduler.submit(job)
             return job
         except ServiceError as exc:
             return Failure(type(exc).__name__, exc.detail, exc.retry_after)

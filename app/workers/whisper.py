@@ -259,8 +259,6 @@ class WhisperEngine:
             model=self.settings.whisper_model,
             device=self.device,
             info={"languages": list(self.languages), "compute_type": self.compute_type},
-            queued_seconds=round(self.scheduler.queued_seconds, 3),
-            rtf=self.scheduler.rtf,
             load_seconds=round(self.load_seconds, 3),
         )
 

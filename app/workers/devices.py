@@ -28,11 +28,6 @@ def set_replica(index: int) -> None:
     _replica = index
 
 
-def replica() -> int:
-    """This worker process's replica index (0 outside a worker)."""
-    return _replica
-
-
 def cuda_device_index(settings: Settings) -> int:
     """The CUDA device this replica uses: ``REFLECTOR_GPU_CUDA_DEVICES[replica % n]``, else
     ``replica % <visible GPUs>`` (0 when CTranslate2 sees none)."""

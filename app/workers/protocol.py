@@ -99,7 +99,7 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
 def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """Read one frame's body from a blocking socket (for callers without an event loop,
     such as the supervisor's watchdog). Raises `EOFError` when the peer closes first,
-    `ValueError` for a frame over `max_bytes`, `OSError` (e.g. a time-out) from the socket."""
+    `FrameTooLarge` for a frame over `max_bytes`, `OSError` (e.g. a time-out) from the socket."""
 
     def exactly(size: int) -> bytes:
         data = b""
@@ -112,5 +112,5 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
 
     (length,) = _LENGTH.unpack(exactly(_LENGTH.size))
     if length > max_bytes:
-        raise ValueError(f"frame of {length} bytes is over the {max_bytes}-byte limit")
+        raise FrameTooLarge(f"frame of {length} bytes is over the {max_bytes}-byte limit")
     return exactly(length)

@@ -44,7 +44,6 @@ class Health:
     """What the watchdog knows of one replica since it was (re)started: when it last
     answered a ping (monotonic s) and the stall it reported then (s)."""
 
-    since: float
     answered: float
     stalled: float = 0.0
 
@@ -64,9 +63,8 @@ class Watchdog:
 
     def watch(self, path: Path) -> None:
         """Start watching the worker at `path` (call when it became ready)."""
-        now = time.monotonic()
         with self._lock:
-            self._watched[path] = Health(since=now, answered=now)
+            self._watched[path] = Health(answered=time.monotonic())
 
     def forget(self, path: Path) -> None:
         """Stop watching `path` (its process exited or was killed)."""

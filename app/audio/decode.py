@@ -7,6 +7,7 @@ Used inside worker processes, never on the HTTP side. Every decoder failure beco
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -23,8 +24,18 @@ def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float |
     cannot be opened, holds no audio stream, or holds no decodable audio frame, and
     `PayloadTooLarge` when the audio is longer than `max_seconds`.
     """
+    chunks = list(decode_chunks(path, sample_rate, max_seconds))
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def decode_chunks(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+    """`decode_mono`'s samples as FFmpeg hands them over: float32 mono arrays of one decoded
+    frame each (milliseconds of audio), in order, so a caller can keep them in a form of
+    its own without holding the whole recording twice. Same errors as `decode_mono`,
+    raised while iterating (`PayloadTooLarge` as soon as decoding passes the limit)."""
     max_samples = None if max_seconds is None else int(max_seconds * sample_rate)
-    chunks: list[np.ndarray] = []
     total = 0
     try:
         with av.open(str(path), mode="r", metadata_errors="ignore") as container:
@@ -37,8 +48,8 @@ def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float |
                 decoded_any = True
                 for out in resampler.resample(frame):
                     chunk = out.to_ndarray().reshape(-1)
-                    chunks.append(chunk)
                     total += chunk.shape[0]
+                    yield chunk
                 if max_samples is not None and total > max_samples:
                     raise PayloadTooLarge(
                         f"the audio is longer than the {max_seconds:g} s limit "
@@ -47,12 +58,9 @@ def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float |
             if not decoded_any:
                 raise InvalidAudio("no audio frame could be decoded")
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                yield out.to_ndarray().reshape(-1)
     except av.FFmpegError as exc:
         raise InvalidAudio(f"cannot decode the audio: {exc.strerror or exc}") from None
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def stated_seconds(path: str | Path) -> float:

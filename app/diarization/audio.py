@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from app.audio.decode import decode_mono
-
 SAMPLE_RATE = 16000  # Hz: what segmentation-3.0, CAM++ and the hub pipelines expect
 
 
@@ -35,83 +33,30 @@ def decode_compact(path: str | Path, max_seconds: float | None = None, dtype: ty
     `dtype` float32 (samples in [-1, 1]) or int16 (samples times 32768, half the memory:
     2 bytes per sample, 115 MB per hour).
 
-    Decodes in one pass, copying every `PIECE_SECONDS` of samples into a result array
-    sized from the container's duration (grown if the estimate was short), so besides the
-    result only one piece is held at a time.
-    Same errors as `decode_mono`. Files whose duration is unknown are decoded whole.
+    Decodes in one pass (`decode_chunks`), copying each decoded frame into a result array
+    sized from the file's stated length (`stated_seconds`: its header, else its packets'
+    timestamps, as for a browser's live WebM) and grown if that was short, so besides the
+    result only one frame is held at a time. Same errors as `decode_mono`.
     """
-    import av
+    from app.audio.decode import decode_chunks, stated_seconds
 
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            duration = container.duration / 1_000_000 if container.duration else None
-    except av.FFmpegError:
-        duration = None
-    if duration is None or duration <= PIECE_SECONDS:
-        return _convert(decode_mono(path, SAMPLE_RATE, max_seconds), dtype)
-    if max_seconds is not None and duration > max_seconds + 1:
-        decode_mono(path, SAMPLE_RATE, max_seconds)  # raises PayloadTooLarge as it passes the limit
-    return _decode_pieces(path, duration, max_seconds, dtype)
+    expected = stated_seconds(path)
+    if max_seconds is not None:
+        expected = min(expected, max_seconds)
+    result = np.zeros(int(expected * SAMPLE_RATE) + SAMPLE_RATE, dtype=dtype)
+    filled = 0
+    for chunk in decode_chunks(path, SAMPLE_RATE, max_seconds):
+        if filled + len(chunk) > len(result):
+            result = np.concatenate([result[:filled], np.zeros(max(len(chunk), len(result) // 2), dtype)])
+        result[filled:filled + len(chunk)] = _convert(chunk, dtype)
+        filled += len(chunk)
+    return result[:filled]
 
 
 def _convert(samples: np.ndarray, dtype: type) -> np.ndarray:
     if dtype == np.int16:
         return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
     return samples.astype(dtype, copy=False)
-
-
-PIECE_SECONDS = 600.0  # seconds of audio decoded at a time by `decode_compact`
-
-
-def _decode_pieces(path: str | Path, duration: float, max_seconds: float | None, dtype: type) -> np.ndarray:
-    result = np.zeros(int(duration * SAMPLE_RATE) + SAMPLE_RATE, dtype=dtype)
-    filled = 0
-    for piece in _pieces(path):
-        if filled + len(piece) > len(result):
-            result = np.concatenate([result[:filled], np.zeros(len(piece) + SAMPLE_RATE * 60, dtype)])
-        result[filled:filled + len(piece)] = _convert(piece, dtype)
-        filled += len(piece)
-        if max_seconds is not None and filled > max_seconds * SAMPLE_RATE:
-            decode_mono(path, SAMPLE_RATE, max_seconds)  # raises PayloadTooLarge with its message
-    if filled == 0:
-        from app.errors import InvalidAudio
-
-        raise InvalidAudio("no audio frame could be decoded")
-    return result[:filled]
-
-
-def _pieces(path: str | Path):
-    """Mono 16-kHz float32 arrays of about `PIECE_SECONDS` each, in order (PyAV)."""
-    import av
-
-    from app.errors import InvalidAudio
-
-    pending: list[np.ndarray] = []
-    held = 0
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                raise InvalidAudio("the file has no audio stream")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.InvalidDataError:
-                    continue
-                for frame in frames:
-                    for out in resampler.resample(frame):
-                        pending.append(out.to_ndarray().reshape(-1))
-                        held += pending[-1].shape[0]
-                if held >= PIECE_SECONDS * SAMPLE_RATE:
-                    yield np.concatenate(pending)
-                    pending, held = [], 0
-            for out in resampler.resample(None):
-                pending.append(out.to_ndarray().reshape(-1))
-    except av.FFmpegError as exc:
-        raise InvalidAudio(f"cannot decode the audio: {exc.strerror or exc}") from None
-    if pending:
-        yield np.concatenate(pending)
 
 
 def duration_seconds(audio: dict[str, Any]) -> float:

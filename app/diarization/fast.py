@@ -471,7 +471,6 @@ def cluster(embeddings: np.ndarray, hints: SpeakerHints, options: FastOptions) -
 
 
 def _spectral(points: np.ndarray, low: int, high: int, options: FastOptions) -> np.ndarray:
-    from scipy.cluster.vq import kmeans2
     from scipy.linalg import eigh
     from scipy.sparse.csgraph import laplacian
 

@@ -147,11 +147,7 @@ def load_pipeline(source: Source, options: Options, *, hf_token: str | None, mod
             if source.kind == "embedded":
                 from app.diarization import embedded
 
-                if not embedded.is_prepared(directory, with_config=False):
-                    raise ModelNotFound(
-                        f"{SETTING}=embedded: the embedded diarization models are not prepared in "
-                        f"{directory}; run `make models` (python -m app.models prepare)"
-                    )
+                embedded.require_prepared(directory, f"{SETTING}=embedded")
                 config = resolve_config(template or embedded.TEMPLATE, base=directory)
             else:
                 config = resolve_config(directory / CONFIG_NAME)

@@ -17,6 +17,7 @@ connection. Heavy imports happen in `DiarizerEngine.__init__` only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -250,18 +251,11 @@ class DiarizerEngine:
 def _load_fast(bundle: str, options, threads: int, batch_sizes: dict[str, int] | None = None):
     """The `fast` pipeline on the embedded bundle; `ModelNotFound` when it is not prepared.
     `batch_sizes`: `FastOptions` batch-size overrides from the settings."""
-    from pathlib import Path
-
     from app.diarization import embedded
     from app.diarization.fast import FastDiarizer, FastOptions
     from app.diarization.pipeline import SETTING
-    from app.errors import ModelNotFound
 
-    if not embedded.is_prepared(Path(bundle), with_config=False):
-        raise ModelNotFound(
-            f"{SETTING}=fast: the embedded diarization models are not prepared in {bundle}; "
-            "run `make models` (python -m app.models prepare)"
-        )
+    embedded.require_prepared(Path(bundle), f"{SETTING}=fast")
     return FastDiarizer(Path(bundle), options.device, FastOptions(segmentation_step=options.segmentation_step,
                                                                   **(batch_sizes or {})), threads)
 
@@ -274,23 +268,31 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _trim_heap() -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so the memory a
-    long job used does not stay resident while the worker waits."""
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (`find_library` runs ``ldconfig``); None elsewhere."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass
+        return None
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB: VmHWM since the last reset on Linux,
-    else `resource.getrusage`'s lifetime maximum."""
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so the memory a
+    long job used does not stay resident while the worker waits."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """Peak resident memory of process `pid` (default: this one) in MiB: VmHWM since the
+    last reset on Linux, else (this process only) `resource.getrusage`'s lifetime maximum."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:

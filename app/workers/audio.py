@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from app.errors import ServiceError, Unavailable
+from app.errors import ServiceError
 from app.settings import Settings
 from app.workers.progress import ProgressLog
 from app.workers.protocol import Pong
@@ -109,10 +109,6 @@ class AudioEngine:
                 progress=progress.update,
             )
             return Encoded(size=mixed.size, duration_ms=mixed.duration_ms, sample_rate=mixed.sample_rate)
-        except BaseException as exc:
+        except BaseException:
             output.unlink(missing_ok=True)
-            if cancel.is_set() and not isinstance(exc, ServiceError):
-                # The client left and the HTTP side removed the output under the encoder
-                # (FileNotFoundError): a cancellation, not a failure worth a traceback.
-                raise Unavailable("cancelled: the client went away") from None
             raise

@@ -270,6 +270,10 @@ class WorkerServer:
         except ServiceError as exc:
             return Failure(type(exc).__name__, exc.detail, exc.retry_after)
         except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
+            if cancel.is_set():
+                # The client left, and its leaving broke the job (say, the HTTP side removed
+                # the output file under the encoder): a cancellation, not a failure to log.
+                return Failure("Unavailable", "cancelled: the client went away")
             log.exception("%s job failed", self.engine.kind)
             return Failure("WorkerFailed", f"the {self.engine.kind} worker failed: {type(exc).__name__}")
 

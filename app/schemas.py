@@ -9,7 +9,7 @@ come from one place. Times are seconds.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal
 
 import msgspec
 from litestar.params import Parameter
@@ -17,6 +17,7 @@ from msgspec import Meta
 
 from app.audio.fetch import MAX_URL_CHARS
 from app.audio.formats import MP3_RATES
+from app.transcripts.speakers import SpeakerTurn
 
 # Where a transcript or diarization lands on the caller's timeline (``timestamp_offset``,
 # ``timestamp``): 1e7 s (~115 days) bounds the shifted times without limiting real use.
@@ -36,17 +37,10 @@ TimestampOffsetQuery = Annotated[
     float,
     Parameter(ge=0, le=MAX_TIMESTAMP_OFFSET_SECONDS, description="seconds added to every returned time"),
 ]
-LanguageCode = Annotated[
-    str,
-    Meta(
-        pattern=r"^([A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?)?$",  # LANGUAGE_CODE_PATTERN, or empty
-        description="a language code such as en, yue or zh-TW (empty: the default)",
-    ),
-]
 SpokenLanguage = Annotated[
     str,
     Meta(
-        pattern=r"^(auto|[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?)?$",  # LANGUAGE_CODE_PATTERN, auto, or empty
+        pattern=rf"^(auto|{LANGUAGE_CODE_PATTERN[1:-1]})?$",  # LANGUAGE_CODE_PATTERN, auto, or empty
         description="the language spoken: a code such as en, yue or zh-TW; empty or auto: detected from the audio",
     ),
 ]
@@ -61,14 +55,6 @@ TrackOffset = Annotated[
 Mp3Rate = Literal[MP3_RATES]  # type: ignore[valid-type] - the rates MP3 can carry, in Hz
 
 
-class Word(msgspec.Struct, frozen=True):
-    """One transcribed word: its text (with its leading space) and its times in seconds."""
-
-    word: str
-    start: float
-    end: float
-
-
 class Turn(msgspec.Struct, frozen=True):
     """One speaker turn: times in seconds, `speaker` an integer from 0."""
 
@@ -77,23 +63,6 @@ class Turn(msgspec.Struct, frozen=True):
     speaker: int
 
 
-class _WordLike(Protocol):
-    word: str
-    start: float
-    end: float
-
-
-class _TurnLike(Protocol):
-    start: float
-    end: float
-    speaker: int
-
-
-def public_words(words: Iterable[_WordLike]) -> list[Word]:
-    """A worker's words as the public `Word` type."""
-    return [Word(word=w.word, start=w.start, end=w.end) for w in words]
-
-
-def public_turns(turns: Iterable[_TurnLike]) -> list[Turn]:
+def public_turns(turns: Iterable[SpeakerTurn]) -> list[Turn]:
     """A worker's speaker turns as the public `Turn` type."""
     return [Turn(start=t.start, end=t.end, speaker=t.speaker) for t in turns]

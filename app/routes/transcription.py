@@ -42,6 +42,7 @@ from app.transcripts.formats import (
     TEXT_FORMATS,
     Attributed,
     DiarizedTranscription,
+    Granularity,
     JsonTranscription,
     OutSegment,
     OutWord,
@@ -59,7 +60,7 @@ from app.workers.whisper import Task, Transcript, TranscribeRequest
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
 AUTO_LANGUAGE = "auto"
-GRANULARITIES = ("word", "segment")
+GRANULARITIES: tuple[str, ...] = Granularity.__args__  # type: ignore[attr-defined]
 
 class BatchTranscription(msgspec.Struct):
     """Several uploaded files' transcripts, in upload order, each in the asked JSON format
@@ -334,7 +335,7 @@ _FORMAT_HELP = (
                 "[{type, id, start, end, text, speaker}]} (implies diarize)",
             ),
             "timestamp_granularities[]": field(
-                {"type": "array", "items": {"type": "string", "enum": list(("word", "segment"))}},
+                {"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)}},
                 "verbose_json: 'segment' gives segments, 'word' gives words (neither: both)",
             ),
         },

@@ -18,13 +18,12 @@ from typing import Literal
 import msgspec
 
 from app.transcripts.speakers import SpeakerSegment, SpeakerTurn, split_by_speaker, word_speakers
-from app.workers.whisper import Segment, Transcript
+from app.workers.whisper import Segment, Task, Transcript
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ResponseFormat.__args__  # type: ignore[attr-defined]
 TEXT_FORMATS = {"text": "text/plain; charset=utf-8", "srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
 Granularity = Literal["word", "segment"]
-Task = Literal["transcribe", "translate"]
 
 
 class OutWord(msgspec.Struct, omit_defaults=True):

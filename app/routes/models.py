@@ -9,7 +9,6 @@ in a request that names neither is accepted and ignored (one model is loaded).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import PurePath
@@ -21,7 +20,6 @@ from litestar.di import NamedDependency
 
 from app.settings import Settings
 from app.workers import client
-from app.workers.registry import spec
 
 log = logging.getLogger("app.http")
 
@@ -61,9 +59,7 @@ def check_model(settings: Settings, name: str | None) -> None:
 @get("/v1/models", name="models", cache=False)
 async def models(settings: NamedDependency[Settings]) -> ModelList:
     """The loaded transcription model under every name it answers to (empty while loading)."""
-    replicas = spec("whisper").replicas(settings)
-    pongs = await asyncio.gather(*(client.ping(settings, "whisper", i) for i in range(replicas)))
-    pong = next((p for p in pongs if p is not None), None)
+    pong = await client.any_pong(settings, "whisper")
     if pong is None:
         return ModelList(data=[])
     return ModelList(data=[Model(id=name, created=STARTED) for name in model_names(pong.model)])

@@ -37,7 +37,6 @@ from app.results import Entry, KeyLock, ResultStore
 from app.routes.disconnect import ClientWatch
 from app.settings import Settings
 from app.workers import client
-from app.workers.registry import spec
 
 log = logging.getLogger("app.http")
 
@@ -163,11 +162,8 @@ async def _identity(settings: Settings, kinds: tuple[str, ...]) -> list[dict[str
     when one of them does not answer a ping (then nothing is stored)."""
     identity = []
     for kind in kinds:
-        for replica in range(spec(kind).replicas(settings)):  # replicas load the same model
-            pong = await client.ping(settings, kind, replica)
-            if pong is not None:
-                break
-        else:
+        pong = await client.any_pong(settings, kind)
+        if pong is None:
             return None
         settings_part = MODEL_SETTINGS[kind](settings)
         identity.append({"kind": kind, "model": pong.model, "device": pong.device, "info": pong.info, "settings": settings_part})

@@ -124,3 +124,10 @@ async def ping(settings: Settings, kind: str, replica: int = 0, timeout: float =
         return msgspec.msgpack.decode(body, type=Pong)
     except msgspec.DecodeError:
         return None
+
+
+async def any_pong(settings: Settings, kind: str) -> Pong | None:
+    """The `Pong` of the first replica of `kind` (in replica order) that answers, all pinged
+    at once; None when none does. Replicas load the same model, so any one describes it."""
+    pongs = await asyncio.gather(*(ping(settings, kind, i) for i in range(spec(kind).replicas(settings))))
+    return next((pong for pong in pongs if pong is not None), None)

@@ -152,7 +152,6 @@ async def pad(request: Request, data: JSONBody[PadBody], settings: NamedDependen
         audio_seconds=lambda encoded: encoded.duration_ms / 1000,
     )
     async with served(request, settings, job) as (encoded, output):
-        request.state.audio_seconds = encoded.duration_ms / 1000
         return PadResult(size=await while_connected(request, upload(settings, output_url, output, "audio/webm")))
 
 
@@ -233,7 +232,6 @@ async def _mix(
         audio_seconds=lambda encoded: encoded.duration_ms / 1000,
     )
     async with served(request, settings, job) as (encoded, output):
-        request.state.audio_seconds = encoded.duration_ms / 1000
         size = await while_connected(request, upload(settings, output_url, output, "audio/mpeg"))
         return size, encoded.duration_ms
 

@@ -84,5 +84,4 @@ async def diarize(
         audio_seconds=lambda result: result.duration,
     )
     async with served(request, settings, recording) as (result, _):
-        request.state.audio_seconds = result.duration
         return DiarizationResult(diarization=public_turns(result.diarization))

@@ -94,10 +94,12 @@ class Recording(Generic[_T]):
 async def served(request: Request, settings: Settings, job: Recording[_T]) -> AsyncIterator[Outcome[_T]]:
     """The job's `Outcome`, stored, attached to, or computed (see the module docstring).
 
-    The outcome's file is deleted when the block exits. Raises what downloading and the
-    worker raise, and `ClientGone` when the client leaves first.
+    The outcome's file is deleted when the block exits; the access log gets the result's
+    audio seconds. Raises what downloading and the worker raise, and `ClientGone` when the
+    client leaves first.
     """
     outcome = await _serve(request, settings, job)
+    request.state.audio_seconds = job.audio_seconds(outcome.value)
     try:
         yield outcome
     finally:
@@ -153,7 +155,6 @@ def _found(
         if blob is None:
             raise Unavailable("the stored result expired while it was being read; retry", retry_after=1)
     request.state.result = how
-    request.state.audio_seconds = entry.audio_seconds
     return Outcome(msgspec.msgpack.decode(entry.value, type=job.result_type), blob)
 
 

@@ -419,7 +419,6 @@ async def transcriptions_from_url(
     )
     async with served(request, settings, job) as (result, _):
         transcript, speakers = result.transcript, result.speakers
-        request.state.audio_seconds = transcript.duration
         return UrlTranscription(
             text=transcript.text,
             words=out_words(transcript, speakers),

@@ -203,9 +203,7 @@ class ResultStore:
         if need > self.max_bytes:
             return False
         with self._locked():
-            now = time.time()
-            self._sweep(now)
-            items = sorted(self._sizes().items(), key=lambda item: item[1][0])
+            items = sorted(self._sweep(time.time()).items(), key=lambda item: item[1][0])
             total = sum(size for _, (_, size) in items)
             for old, (_, size) in items:
                 if total + need <= self.max_bytes:
@@ -236,8 +234,10 @@ class ResultStore:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            blob = path.with_suffix(".blob")
-            blob_bytes = blob.stat().st_size if blob.exists() else 0
+            try:
+                blob_bytes = path.with_suffix(".blob").stat().st_size
+            except FileNotFoundError:
+                blob_bytes = 0
             sizes[path.stem] = (stat.st_mtime, stat.st_size + blob_bytes)
         return sizes
 
@@ -255,10 +255,13 @@ class ResultStore:
         with self._locked():
             self._sweep(time.time())
 
-    def _sweep(self, now: float) -> None:
-        for name, (written, _) in self._sizes().items():
+    def _sweep(self, now: float) -> dict[str, tuple[float, int]]:
+        """`sweep` with the lock held; returns `_sizes` of the entries that are left."""
+        sizes = self._sizes()
+        for name, (written, _) in list(sizes.items()):
             if now - written >= self.ttl:
                 self._remove(name)
+                del sizes[name]
         for path in self.root.glob("*.blob"):
             if not path.with_suffix(".entry").exists():
                 path.unlink(missing_ok=True)
@@ -274,6 +277,7 @@ class ResultStore:
                 if lock.try_acquire():  # nobody computes this key: the file can go
                     path.unlink(missing_ok=True)
                     lock.release()
+        return sizes
 
     # -- running jobs -------------------------------------------------------------------
     def lock(self, name: str) -> KeyLock:

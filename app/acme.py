@@ -54,10 +54,6 @@ class AcmeError(RuntimeError):
     """An order cannot succeed as configured (e.g. the server offers no HTTP-01 challenge)."""
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 def store_dir(settings: Settings) -> Path:
     """Where the account and certificate for `settings.acme_directory` live: e.g.
     ``<state>/acme/acme-v02.api.letsencrypt.org-directory``."""
@@ -239,7 +235,7 @@ class CertificateManager:
             )
         while not self._stopped.is_set():
             if leaf is not None:
-                wait = (self.renewal_time(leaf) - _now()).total_seconds()
+                wait = (self.renewal_time(leaf) - tls.now_utc()).total_seconds()
                 if wait > 0:
                     log.info("ACME renewal due in %.0f s", wait)
                     self._stopped.wait(min(wait, RECHECK_SECONDS))
@@ -257,10 +253,7 @@ class CertificateManager:
                 log.error("ACME order failed: %s; %s; next try in %.0f s", describe(exc), state, retry)
                 self._stopped.wait(retry)
                 retry = min(retry * 2, MAX_RETRY_SECONDS)
-                leaf = self.current()
-                if leaf is not None and self.renewal_time(leaf) > _now():
-                    continue
-                leaf = None  # still due (or missing): order again
+                leaf = self.current()  # the loop's top orders again if it is still due (or missing)
 
     def start(self) -> None:
         threading.Thread(target=self.run, name="acme", daemon=True).start()

@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import threading
 from pathlib import Path
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from app import tls
 from app.errors import Unauthorized
 from app.settings import Settings
 
@@ -84,18 +84,10 @@ class KeyRing:
         self._file: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        assert self._path is not None
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
     def _refresh(self) -> dict[str, bytes]:
         if self._path is None:
             return self._file
-        stamp = self._stat()
+        stamp = tls.file_stamp(self._path)
         with self._lock:
             if stamp == self._stamp:
                 return self._file

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app import tls
 from app.middleware import HttpMiddleware, StatusRecorder
 from app.settings import Settings
 from app.workers.client import ping
@@ -161,15 +162,16 @@ async def worker_families(settings: Settings) -> list[Metric]:
     return [up, queue, load, rtf, restarts, jobs]
 
 
-_cert_cache: dict[Path, tuple[tuple[int, int], float]] = {}
+_cert_cache: dict[Path, tuple[tuple[int, int, int], float]] = {}
 
 
 def certificate_family(settings: Settings) -> list[Metric]:
     """The serving certificate's notAfter as a Unix time (s); nothing when TLS is off."""
     path = settings.run_dir / SERVING_CERT
+    stamp = tls.file_stamp(path)
+    if stamp is None:
+        return []
     try:
-        stat = path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
         cached = _cert_cache.get(path)
         if cached is None or cached[0] != stamp:
             leaf = x509.load_pem_x509_certificates(path.read_bytes())[0]

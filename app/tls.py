@@ -68,8 +68,19 @@ def parse_name(text: str) -> Name:
         return x509.DNSName(text)
 
 
-def _now() -> dt.datetime:
+def now_utc() -> dt.datetime:
+    """The current time, timezone-aware, in UTC (what certificate validity is compared with)."""
     return dt.datetime.now(dt.timezone.utc)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(mtime in ns, size in bytes, inode) of `path`, or None when it cannot be stat'ed: a
+    changed stamp means the file was rewritten or replaced (the cheap check before re-reading)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -128,8 +139,8 @@ def load_or_make_ca(directory: Path, common_name: str = "Reflector GPU host inte
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(minutes=5))
-        .not_valid_after(_now() + dt.timedelta(days=CA_DAYS))
+        .not_valid_before(now_utc() - dt.timedelta(minutes=5))
+        .not_valid_after(now_utc() + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(ski, critical=False)
@@ -155,8 +166,8 @@ def issue_server_cert(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(minutes=5))
-        .not_valid_after(min(_now() + dt.timedelta(days=SERVER_DAYS), ca_cert.not_valid_after_utc))
+        .not_valid_before(now_utc() - dt.timedelta(minutes=5))
+        .not_valid_after(min(now_utc() + dt.timedelta(days=SERVER_DAYS), ca_cert.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(signs_certificates=False), critical=True)
@@ -212,7 +223,7 @@ def check_pair(cert_path: Path, key_path: Path, names: list[str] | tuple[str, ..
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise CertificateError(f"{key_path} does not match the certificate in {cert_path}")
-    now = _now()
+    now = now_utc()
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         raise CertificateError(f"{cert_path} is not valid now (valid {leaf.not_valid_before_utc} to {leaf.not_valid_after_utc})")
     missing = [n for n in names if not covers(leaf, n)]
@@ -254,7 +265,7 @@ def self_signed(settings: Settings) -> TlsFiles:
         except CertificateError as exc:
             log.info("re-issuing the self-signed certificate: %s", exc)
         else:
-            if leaf.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_BEFORE_DAYS):
+            if leaf.not_valid_after_utc - now_utc() > dt.timedelta(days=RENEW_BEFORE_DAYS):
                 log.info(
                     "reusing the self-signed certificate for %s; SHA-256 fingerprint %s; clients should trust %s",
                     ", ".join(names), fingerprint(leaf), files.ca,

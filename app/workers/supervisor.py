@@ -146,14 +146,6 @@ def reap_orphans(children: list[subprocess.Popen]) -> list[int]:
         reaped.append(info.si_pid)
 
 
-def _file_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
 class Supervisor:
     """Runs the process tree for `settings` serving `tls_files` (None: plain HTTP)."""
 
@@ -195,12 +187,9 @@ class Supervisor:
         cert, key = run / SERVING_CERT, run / SERVING_KEY
         shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
         cert.with_suffix(".tmp").replace(cert)
-        fd = os.open(key.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(self.source.key.read_bytes())
-        key.with_suffix(".tmp").replace(key)
+        tls.write_private(key, self.source.key.read_bytes())
         self.serving = tls.TlsFiles(cert, key, self.source.ca)
-        self._cert_stamp = (_file_stamp(self.source.cert), _file_stamp(self.source.key))
+        self._cert_stamp = (tls.file_stamp(self.source.cert), tls.file_stamp(self.source.key))
 
     def granian_argv(self) -> list[str]:
         s = self.settings
@@ -341,7 +330,7 @@ class Supervisor:
 
     def _check_certificate(self) -> None:
         assert self.source is not None
-        stamp = (_file_stamp(self.source.cert), _file_stamp(self.source.key))
+        stamp = (tls.file_stamp(self.source.cert), tls.file_stamp(self.source.key))
         if stamp == self._cert_stamp:
             return
         self._cert_stamp = stamp

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import re
 import statistics
 import sys
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 from app import settings as settings_module  # noqa: E402
 from app import tls  # noqa: E402
 from app.audio.decode import decode_mono  # noqa: E402
-from tests.conftest import AudioServer, pyannote_sample_dir, running_service, write_wav  # noqa: E402
+from tests.conftest import pyannote_sample_dir, running_service, serve_audio, write_wav  # noqa: E402
 
 SAMPLE_SECONDS = 30.0
 
@@ -161,21 +162,13 @@ def main() -> None:
     reference = reference_words()
     in_process(sample, args.runs)
 
-    import http.server
-
-    from tests.conftest import _AudioHandler
-
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
         work_dir = Path(work)
         audio = decode_mono(sample)
         copies = max(1, round(args.recording_minutes * 60 / SAMPLE_SECONDS))
         recording = write_wav(work_dir / "recording.wav", np.tile(audio, copies))
         clip = write_wav(work_dir / "clip.wav", audio[int(6.5 * 16000): int(8.5 * 16000)]).read_bytes()
-        handler = type("Handler", (_AudioHandler,), {"files": {"sample.wav": sample, "recording.wav": recording},
-                                                     "requests": []})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        source = AudioServer(f"http://127.0.0.1:{server.server_address[1]}", handler.files, handler.requests)
+        source = stack.enter_context(serve_audio({"sample.wav": sample, "recording.wav": recording}))
         certs = work_dir / "certs"
         certs.mkdir()
         tls.make_cert(certs, "localhost", "IP:127.0.0.1")
@@ -228,7 +221,6 @@ def main() -> None:
                   f"{len(transcribed['words'])} words): clips {', '.join(f'{b:.2f}' for b in busy)} s, "
                   f"worst {worst:.2f} s = {worst / idle:.2f}x idle (bar: 2x idle + 1 s = {2 * idle + 1:.2f} s)")
             print(f"5. peak resident memory of the process tree: {memory.stop():.0f} MiB")
-        server.shutdown()
 
 
 if __name__ == "__main__":

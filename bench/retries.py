@@ -12,6 +12,7 @@ result). Run: ``.venv/bin/python bench/retries.py [transcription|diarize ...]``.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,29 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import tls  # noqa: E402
-from tests.conftest import AudioServer, _AudioHandler, pyannote_sample_dir, running_service  # noqa: E402
+from tests.conftest import pyannote_sample_dir, running_service, serve_audio  # noqa: E402
 from tests.test_retries import WorkerWatch  # noqa: E402
 
 REPEATS = 20  # 20 x 30 s = 10 minutes
 TRIES = 4  # Reflector's first try and 3 retries
 
 
-def serve_files(files: dict[str, Path]) -> tuple[AudioServer, object]:
-    import http.server
-    import threading
-
-    handler = type("Handler", (_AudioHandler,), {"files": files, "requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return AudioServer(f"http://127.0.0.1:{server.server_address[1]}", files, handler.requests), server
-
-
 def main(routes: list[str]) -> None:
     directory = Path(tempfile.mkdtemp(prefix="rg-bench-"))
     recording = directory / "ten-minutes.wav"
     subprocess.run(["sox", *[str(pyannote_sample_dir() / "sample.wav")] * REPEATS, str(recording)], check=True)
-    audio, server = serve_files({"ten-minutes.wav": recording})
-    url = f"{audio.url}/ten-minutes.wav"
     kinds = {"transcription": "whisper", "diarize": "diarizer"}
 
     def send(client: httpx.Client, route: str, query: str, offset: float) -> httpx.Response:
@@ -59,7 +48,8 @@ def main(routes: list[str]) -> None:
     certs = directory / "certs"
     certs.mkdir()
     tls.make_cert(certs, "localhost", "IP:127.0.0.1")
-    with running_service(certs) as service:
+    with serve_audio({"ten-minutes.wav": recording}) as audio, running_service(certs) as service:
+        url = f"{audio.url}/ten-minutes.wav"
         patient = service.client(timeout=3600)
         for route in routes:
             with WorkerWatch(service, kinds[route]) as watch:
@@ -93,8 +83,7 @@ def main(routes: list[str]) -> None:
                 f"  cancel-on-disconnect instead: {TRIES} runs cut off at {first:.0f} s = "
                 f"{TRIES * first:.0f} s of model work, no result"
             )
-    server.shutdown()  # type: ignore[attr-defined]
-    subprocess.run(["rm", "-rf", str(directory)], check=False)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

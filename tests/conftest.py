@@ -302,9 +302,10 @@ class AudioServer:
         return f"{self.url}/{name}"
 
 
-@pytest.fixture(scope="session")
-def audio_server(sample_wav: Path) -> Iterator[AudioServer]:
-    handler = type("Handler", (_AudioHandler,), {"files": {"sample.wav": sample_wav}, "requests": []})
+@contextlib.contextmanager
+def serve_audio(files: dict[str, Path]) -> Iterator[AudioServer]:
+    """An `AudioServer` for `files` (name -> path) on a free loopback port, stopped on exit."""
+    handler = type("Handler", (_AudioHandler,), {"files": files, "requests": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -313,3 +314,9 @@ def audio_server(sample_wav: Path) -> Iterator[AudioServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def audio_server(sample_wav: Path) -> Iterator[AudioServer]:
+    with serve_audio({"sample.wav": sample_wav}) as server:
+        yield server

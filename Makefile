@@ -25,8 +25,11 @@ install: $(STAMP)
 models: $(STAMP)
 	$(PY) -m app.models prepare
 
+# `make run` serves the embedded models and never reaches a model hub; `make run
+# HF_HUB_OFFLINE=0` lets `auto` fetch its production models as the image does.
+HF_HUB_OFFLINE ?= 1
 run: models
-	$(PY) entrypoint.py
+	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) $(PY) entrypoint.py
 
 test: models
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -94,7 +94,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     device: Device = "auto"
     compute_type: str = "auto"
     cpu_threads: int = 0
-    whisper_model: str = "tiny.en"
+    whisper_model: str = "auto"
+    whisper_auto_fetch: str | None = None  # None: large-v3-turbo on CUDA, nothing on the CPU
     whisper_beam_size: int = 5
     whisper_batch_size: int | None = None
     whisper_replicas: int = 1
@@ -105,7 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     diarization_step: float | None = None
     diarization_segmentation_batch_size: int | None = None  # None: the pipeline's own default
     diarization_embedding_batch_size: int | None = None
-    translation_model: str | None = None
+    translation_model: str = "auto"
 
     orphan_seconds: float = 1800.0
     result_ttl_seconds: float = 3600.0
@@ -344,6 +345,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_COMPUTE_TYPE", "compute_type", lambda v: v.lower())
     take("REFLECTOR_GPU_CPU_THREADS", "cpu_threads", _int(0))
     take("REFLECTOR_GPU_WHISPER_MODEL", "whisper_model")
+    take("REFLECTOR_GPU_WHISPER_AUTO_FETCH", "whisper_auto_fetch", lambda v: "none" if v.lower() in ("none", "off") else v)
     take("REFLECTOR_GPU_WHISPER_BEAM_SIZE", "whisper_beam_size", _int(1))
     take("REFLECTOR_GPU_WHISPER_BATCH_SIZE", "whisper_batch_size", _int(1))
     take("REFLECTOR_GPU_WHISPER_REPLICAS", "whisper_replicas", _int(1))
@@ -354,7 +356,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_DIARIZATION_STEP", "diarization_step", _fraction)
     take("REFLECTOR_GPU_DIARIZATION_SEGMENTATION_BATCH_SIZE", "diarization_segmentation_batch_size", _int(1))
     take("REFLECTOR_GPU_DIARIZATION_EMBEDDING_BATCH_SIZE", "diarization_embedding_batch_size", _int(1))
-    take("REFLECTOR_GPU_TRANSLATION_MODEL", "translation_model")
+    take("REFLECTOR_GPU_TRANSLATION_MODEL", "translation_model", lambda v: "none" if v.lower() in ("none", "off") else v)
     take("REFLECTOR_GPU_ORPHAN_SECONDS", "orphan_seconds", _non_negative_float)
     take("REFLECTOR_GPU_RESULT_TTL_SECONDS", "result_ttl_seconds", _non_negative_float)
     take("REFLECTOR_GPU_RESULT_STORE_BYTES", "result_store_bytes", _int(0))

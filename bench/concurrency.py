@@ -106,9 +106,9 @@ def in_process(sample: Path, runs: int) -> None:
 
     from app.workers.whisper import TranscribeRequest, WhisperEngine
 
-    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models")})
+    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models"), "REFLECTOR_GPU_WHISPER_MODEL": "tiny.en"})
     engine = WhisperEngine(settings)
-    pipeline = BatchedInferencePipeline(engine.model)
+    pipeline = BatchedInferencePipeline(engine.models[0].live)
     audio = decode_mono(sample)
 
     def plain() -> None:

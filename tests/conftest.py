@@ -32,6 +32,9 @@ import pytest
 
 from app import tls
 
+# No test reaches a real model hub (set before huggingface_hub reads it, and inherited by
+# every service a test starts); the hub tests pass their loopback HF_ENDPOINT and "0".
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
 

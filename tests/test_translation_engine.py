@@ -28,10 +28,11 @@ from app.workers.translator import (
     TranslatorEngine,
     chunk_tokens,
     detect_family,
-    is_configured,
     split_sentences,
-    translation_model_path,
 )
+
+is_configured = models.translation_is_configured
+translation_model_path = models.translation_model_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NO_CANCEL = threading.Event()

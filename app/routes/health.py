@@ -14,7 +14,10 @@ from app.workers import client
 from app.workers.protocol import Pong
 from app.workers.registry import WORKERS, failed_marker
 
-WorkerState = Literal["ready", "loading", "failed", "not configured"]
+ReplicaStatus = Literal["ready", "loading", "failed"]
+# A kind's state in /ready's `workers`: a `ReplicaStatus`, "not configured", or the line a
+# ready worker gives about its model (`Pong.status`): "downloading 41% of 1.6 GB (...)".
+WorkerState = str
 
 
 class Health(msgspec.Struct):
@@ -24,21 +27,26 @@ class Health(msgspec.Struct):
 class ReplicaState(msgspec.Struct):
     """One worker process: its `state`, the seconds of audio it has queued, its measured
     real-time factor (processing s per audio s; None before its first job), its jobs
-    running or queued, and how long its model took to load (s)."""
+    running or queued, how long its model took to load (s), the `model` it serves, and its
+    `status` line about that model (``ready``, a download's progress, a fallback and why)."""
 
     replica: int
-    state: WorkerState
+    state: ReplicaStatus
     queued_seconds: float = 0.0
     rtf: float | None = None
     busy: int = 0
     load_seconds: float | None = None
+    model: str | None = None
+    status: str | None = None
 
 
 class Readiness(msgspec.Struct):
     """`status`: ``ready`` when every replica of every configured worker answers a ping;
     ``degraded`` when one is down after a crash or a failed start (the supervisor is
     restarting it); else ``loading``. `workers`: one state per kind (``ready`` only when all
-    its replicas are); `replicas`: the per-replica detail."""
+    its replicas are; a ready kind whose model is still being fetched, or that serves a
+    fallback, shows that line instead, e.g. ``downloading 41% of 1.6 GB (large-v3-turbo;
+    serving tiny.en+base meanwhile)``); `replicas`: the per-replica detail."""
 
     status: Literal["ready", "loading", "degraded"]
     workers: dict[str, WorkerState]
@@ -47,8 +55,10 @@ class Readiness(msgspec.Struct):
 
 def _replica_state(settings: Settings, kind: str, replica: int, pong: Pong | None) -> ReplicaState:
     if pong is not None:
-        return ReplicaState(replica, "ready", pong.queued_seconds, pong.rtf, pong.busy, pong.load_seconds)
-    state: WorkerState = "failed" if failed_marker(settings, kind, replica).exists() else "loading"
+        return ReplicaState(
+            replica, "ready", pong.queued_seconds, pong.rtf, pong.busy, pong.load_seconds, pong.model, pong.status
+        )
+    state: ReplicaStatus = "failed" if failed_marker(settings, kind, replica).exists() else "loading"
     return ReplicaState(replica, state)
 
 
@@ -71,6 +81,9 @@ async def ready(settings: NamedDependency[Settings]) -> Response[Readiness]:
     for kind, found in replicas.items():
         kinds = {r.state for r in found}
         states[kind] = "ready" if kinds == {"ready"} else "failed" if "failed" in kinds else "loading"
+        notes = [r.status for r in found if r.status not in (None, "ready")]
+        if states[kind] == "ready" and notes:
+            states[kind] = notes[0]  # what the model is doing: downloading, a fallback and why
     is_ready = all(pong is not None for pong in pongs)
     status = "ready" if is_ready else "degraded" if "failed" in states.values() else "loading"
     body = Readiness(status=status, workers=states, replicas=replicas)

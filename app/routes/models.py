@@ -45,9 +45,10 @@ class ModelList(msgspec.Struct):
 
 
 def model_names(whisper_model: str) -> list[str]:
-    """``whisper-1`` and the loaded Whisper model's own name (a path's last part)."""
-    own = PurePath(whisper_model).name if "/" in whisper_model else whisper_model
-    return [OPENAI_ALIAS] + ([own] if own and own != OPENAI_ALIAS else [])
+    """``whisper-1`` and each served Whisper model's own name (a path's last part);
+    `whisper_model` is the worker's ``+``-joined list (``tiny.en+base``)."""
+    own = [PurePath(name).name if "/" in name else name for name in whisper_model.split("+")]
+    return [OPENAI_ALIAS] + [name for name in own if name and name != OPENAI_ALIAS]
 
 
 def check_model(settings: Settings, name: str | None) -> None:

@@ -38,6 +38,8 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     first job); `jobs_done`: jobs finished since start (any outcome); `load_seconds`: how
     long loading the model took; `stalled_seconds`: how long the engine has held work
     without showing progress (0 when idle), which the supervisor's watchdog reads.
+    `status`: ``ready``, or one line on what the engine is doing about its model meanwhile
+    (``downloading 41% of 1.6 GB (serving tiny.en+base meanwhile)``, a fallback and why).
     """
 
     kind: str
@@ -51,6 +53,7 @@ class Pong(msgspec.Struct, tag="pong", frozen=True):
     jobs_done: int = 0
     load_seconds: float | None = None
     stalled_seconds: float = 0.0
+    status: str = "ready"
 
 
 class Accepted(msgspec.Struct, tag="accepted", frozen=True):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings
-from app.workers import translator
+from app import models
 
 # Recording-only work (diarization, pad and mixdown, the Whisper worker's recording lanes
 # on the CPU) runs at this nice value, so on a shared CPU live meetings (Whisper's live
@@ -42,8 +42,8 @@ WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec(
         "translator",
         "app.workers.translator:TranslatorEngine",
-        configured=translator.is_configured,
-        not_configured_detail=translator.NOT_CONFIGURED,
+        configured=models.translation_is_configured,
+        not_configured_detail=models.TRANSLATION_NOT_CONFIGURED,
     ),
     WorkerSpec("audio", "app.workers.audio:AudioEngine", nice=RECORDING_NICE),
 )

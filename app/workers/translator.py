@@ -30,12 +30,8 @@ import msgspec
 
 from app.errors import BadRequest, ModelNotFound, Unavailable
 from app.languages import Language, language_token, load_table
-from app.models import (
-    DEFAULT_TRANSLATION_MODEL,
-    TRANSLATION_SETTING,
-    looks_like_path,
-    translation_dir,
-)
+from app import models
+from app.models import TRANSLATION_SETTING, hub
 from app.settings import Settings
 from app.workers.protocol import Pong
 
@@ -60,13 +56,8 @@ LANGUAGE_TOKEN = {
     "marian": re.compile(r">>[A-Za-z_]+<<"),
 }
 
-NOT_CONFIGURED = (
-    "translation is not configured on this host: no translation model is installed. Run "
-    f"`python -m app.models fetch translation` (in a checkout: `.venv/bin/python -m app.models "
-    f"fetch translation`; downloads and converts {DEFAULT_TRANSLATION_MODEL}, MIT licence) where "
-    "the model hub is reachable, or set "
-    f"{TRANSLATION_SETTING} to a CTranslate2 translation model directory, then restart."
-)
+NOT_CONFIGURED = models.TRANSLATION_NOT_CONFIGURED
+RETRY_WHILE_FETCHING_SECONDS = 30
 
 
 class TranslateRequest(msgspec.Struct, tag="translate", frozen=True):
@@ -82,45 +73,6 @@ class Translation(msgspec.Struct, tag="translation", frozen=True):
 
     text: str
     pieces: int = 0
-
-
-def is_configured(settings: Settings) -> bool:
-    """True when a translation model is named, or the default one was fetched into the models dir.
-
-    Cheap (one stat); used by the HTTP side and the supervisor to decide whether the
-    translator worker runs at all.
-    """
-    if settings.translation_model:
-        return True
-    return (translation_dir(settings, DEFAULT_TRANSLATION_MODEL) / "model.bin").is_file()
-
-
-def translation_model_path(settings: Settings) -> Path:
-    """The CTranslate2 directory for `settings.translation_model`.
-
-    A path is used as is; a name (``facebook/m2m100_418M``) means the directory that
-    ``fetch translation NAME`` made under the models directory; unset means the fetched
-    default, if any. Raises `ModelNotFound` naming ``REFLECTOR_GPU_TRANSLATION_MODEL``.
-    """
-    name = settings.translation_model
-    if not name:
-        path = translation_dir(settings, DEFAULT_TRANSLATION_MODEL)
-        if not (path / "model.bin").is_file():
-            raise ModelNotFound(NOT_CONFIGURED)
-        return path
-    if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not (path / "model.bin").is_file():
-            raise ModelNotFound(f"{TRANSLATION_SETTING}={name}: no CTranslate2 model.bin in that directory")
-        return path
-    path = translation_dir(settings, name)
-    if not (path / "model.bin").is_file():
-        raise ModelNotFound(
-            f"{TRANSLATION_SETTING}={name}: not found in {settings.models_dir}. Run "
-            f"`python -m app.models fetch translation {name}` where the model hub is reachable, "
-            "or give the path of a CTranslate2 directory."
-        )
-    return path
 
 
 def read_vocabulary(model_dir: Path) -> list[str]:
@@ -254,46 +206,87 @@ class TranslatorEngine:
     request_types = (TranslateRequest,)
 
     def __init__(self, settings: Settings) -> None:
+        from app.workers.devices import ct2_compute_type, ct2_device
+
+        self.settings = settings
+        self.device = ct2_device(settings)
+        self.compute_type = ct2_compute_type(settings, self.device, cuda_default=CUDA_COMPUTE_TYPE)
+        self.model_path: Path | None = None  # set last by `_load`: the engine answers from then on
+        self.load_seconds: float | None = None
+        self.fetch_error: str | None = None
+        auto = settings.translation_model == models.AUTO
+        try:
+            # A named hub model is fetched now (a start-up error when it cannot be had).
+            path = models.translation_model_path(settings, fetch=not auto)
+        except ModelNotFound:
+            if not auto:
+                raise
+            path = None
+        self.progress = hub.Progress(models.translation_name(settings) or "")
+        if path is not None:
+            self._load(path)
+        else:  # `auto` without its model: serve (503 with Retry-After) while it is fetched
+            threading.Thread(target=self._fetch_and_load, name="translation-fetch", daemon=True).start()
+
+    def _fetch_and_load(self) -> None:
+        """Fetch and convert `auto`'s model, then load it; a failure is logged once and
+        kept for `handle` and `describe` to report."""
+        try:
+            self._load(models.fetch_translation(self.settings, models.DEFAULT_TRANSLATION_MODEL, self.progress))
+        except ModelNotFound as exc:
+            self.fetch_error = exc.detail
+            log.error("translation stays unavailable: %s", exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a broken download must not end the worker
+            self.fetch_error = f"{models.DEFAULT_TRANSLATION_MODEL} could not be loaded ({type(exc).__name__})"
+            log.exception("translation stays unavailable")
+
+    def _load(self, model_path: Path) -> None:
+        """Load the CTranslate2 model at `model_path` with its tokenizers and language table."""
         import ctranslate2
         import sentencepiece
 
-        from app.workers.devices import ct2_compute_type, ct2_device
-
         started = time.monotonic()
-        self.settings = settings
-        self.model_path = translation_model_path(settings)
-        vocabulary = read_vocabulary(self.model_path)
-        tokenizer_config = read_tokenizer_config(self.model_path)
+        vocabulary = read_vocabulary(model_path)
+        tokenizer_config = read_tokenizer_config(model_path)
         self.family = detect_family(tokenizer_config, set(vocabulary))
-        self.support = language_support(self.family, set(vocabulary), tokenizer_config, self.model_path.name)
+        self.support = language_support(self.family, set(vocabulary), tokenizer_config, model_path.name)
         processors = []
         for name in SPM_FILES[self.family]:
-            if not (self.model_path / name).is_file():
+            if not (model_path / name).is_file():
                 raise ModelNotFound(
-                    f"{TRANSLATION_SETTING}: {self.model_path} lacks the tokenizer file {name}; convert it with "
+                    f"{TRANSLATION_SETTING}: {model_path} lacks the tokenizer file {name}; convert it with "
                     "`python -m app.models fetch translation`, which copies the tokenizer files"
                 )
-            processors.append(sentencepiece.SentencePieceProcessor(model_file=str(self.model_path / name)))
+            processors.append(sentencepiece.SentencePieceProcessor(model_file=str(model_path / name)))
         self.source_spm, self.target_spm = processors[0], processors[-1]
+        self.model_name = model_path.name
         self.droppable = self._non_text_tokens(vocabulary)
-        self.device = ct2_device(settings)
-        self.compute_type = ct2_compute_type(settings, self.device, cuda_default=CUDA_COMPUTE_TYPE)
         self.translator = ctranslate2.Translator(
-            str(self.model_path),
+            str(model_path),
             device=self.device,
             compute_type=self.compute_type,
-            intra_threads=settings.cpu_threads,
+            intra_threads=self.settings.cpu_threads,
         )
+        self.load_seconds = time.monotonic() - started
+        self.model_path = model_path
         log.info(
             "loaded %s translation model %s on %s (%s) in %.1f s: %d source and %d target languages",
             self.family,
-            self.model_path.name,
+            model_path.name,
             self.device,
             self.compute_type,
-            time.monotonic() - started,
+            self.load_seconds,
             len(self.support.sources),
             len(self.support.targets),
         )
+
+    def status(self) -> str:
+        """``ready``, how the fetch of `auto`'s model goes, or why translation is unavailable."""
+        if self.model_path is not None:
+            return "ready"
+        if self.fetch_error is not None:
+            return f"unavailable: {self.fetch_error}"
+        return self.progress.describe()
 
     def _non_text_tokens(self, vocabulary: list[str]) -> frozenset[str]:
         """Vocabulary entries that must not reach the text: everything that is not a normal or
@@ -315,11 +308,14 @@ class TranslatorEngine:
         return frozenset(drop)
 
     def describe(self) -> Pong:
+        if self.model_path is None:
+            return Pong(kind=self.kind, model=self.progress.label, device=self.device, status=self.status())
         table = load_table()
         return Pong(
             kind=self.kind,
             model=self.model_path.name,
             device=self.device,
+            load_seconds=round(self.load_seconds or 0.0, 3),
             info={
                 "family": self.family,
                 "compute_type": self.compute_type,
@@ -339,7 +335,7 @@ class TranslatorEngine:
         else:
             direction = "from" if side == "source" else "into"
             reason = (
-                f"the loaded {self.family} model ({self.model_path.name}) cannot translate {direction} "
+                f"the loaded {self.family} model ({self.model_name}) cannot translate {direction} "
                 f"{language.name} ({code!r})"
             )
         raise BadRequest(f"{side} language: {reason}; supported {side} languages: {', '.join(sorted(supported))}")
@@ -353,7 +349,16 @@ class TranslatorEngine:
 
     def handle(self, request: TranslateRequest, cancel: threading.Event) -> Translation:
         """Translate one text. Raises `BadRequest` for a language the model lacks,
-        `Unavailable` when cancelled before the model ran."""
+        `Unavailable` while `auto`'s model is fetched (with ``Retry-After``), when it could
+        not be had (with what to do), or when cancelled before the model ran."""
+        if self.model_path is None:
+            if self.fetch_error is not None:
+                raise Unavailable(f"{NOT_CONFIGURED} ({self.fetch_error})")
+            raise Unavailable(
+                f"the translation model {self.progress.label} is being fetched ({self.progress.describe()}); "
+                "retry later",
+                retry_after=RETRY_WHILE_FETCHING_SECONDS,
+            )
         self._check(request.source, "source", self.support.sources)
         self._check(request.target, "target", self.support.targets)
         if request.source == request.target or not request.text.strip():

@@ -19,12 +19,14 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
-from app.errors import BadRequest, Unavailable
+from app import models
+from app.errors import BadRequest, ModelNotFound, Unavailable
+from app.models import hub
 from app.settings import Settings
 from app.workers import devices
 from app.workers.protocol import Pong
@@ -133,13 +135,15 @@ def clean_words(raw: list[tuple[str, float, float]], offset: float = 0.0) -> lis
 @dataclass(eq=False)
 class _Timeline:
     """What a job needs to be finished: the request, the audio duration (s), the VAD speech
-    regions (samples) to map piece times back, the tokenizer and decoding options shared by
-    its pieces, and the word-timing state faster-whisper carries from piece to piece."""
+    regions (samples) to map piece times back, the model that decodes it, the tokenizer and
+    decoding options shared by its pieces, and the word-timing state faster-whisper carries
+    from piece to piece."""
 
     request: TranscribeRequest
     duration: float
     speech: list[dict]
     language: str
+    model: "LoadedModel"
     tokenizer: Any
     options: Any
     last_speech_timestamp: float = 0.0
@@ -187,9 +191,26 @@ def _rows(storage: Any, start: int, stop: int) -> Any:
     return ctranslate2.StorageView.from_array(tensor[start:stop].contiguous())
 
 
+@dataclass(eq=False)
+class LoadedModel:
+    """One loaded Whisper model: its `name` (``tiny.en``, ``large-v3-turbo``, a path), the
+    faster-whisper model the live lane runs (`live`) and the one the recording lanes run
+    (`recording`: the same object on CUDA, a niced copy on the CPU), its `languages`, and
+    the tokenizers made for it, per (language, task)."""
+
+    name: str
+    live: Any
+    recording: Any
+    languages: tuple[str, ...]
+    multilingual: bool
+    tokenizers: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+
 class WhisperEngine:
-    """Loads one CTranslate2 Whisper model and answers `TranscribeRequest`s through a
-    cross-request `Scheduler` (see the module docstring).
+    """Loads the CTranslate2 Whisper models `app.models.whisper_choice` names (one, or the
+    embedded English-only + multilingual pair, which `pick` routes between) and answers
+    `TranscribeRequest`s through a cross-request `Scheduler` (see the module docstring). A
+    production model fetched in the background replaces them when ready.
 
     `submit(request, cancel)` returns a future; `handle(request, cancel)` waits for it.
     """
@@ -198,80 +219,136 @@ class WhisperEngine:
     request_types = (TranscribeRequest,)
 
     def __init__(self, settings: Settings) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
-
-        from app.models import whisper_model_path
+        from faster_whisper import BatchedInferencePipeline
 
         self.settings = settings
         self.device = devices.ct2_device(settings)
         self.compute_type = devices.ct2_compute_type(settings, self.device)
-        self.model_path = whisper_model_path(settings)
+        self.lanes = recording_lanes(self.device)
         started = time.monotonic()
-        lanes = recording_lanes(self.device)
-        options = dict(
-            device=self.device,
-            device_index=devices.cuda_device_index(settings) if self.device == "cuda" else 0,
-            compute_type=self.compute_type,
-            cpu_threads=devices.cpu_threads(settings, settings.whisper_replicas),
-            local_files_only=True,
-        )
-        if self.device == "cuda":
-            # One CTranslate2 model worker (inter_threads) per lane, the live lane included:
-            # a live batch runs beside batches of recording pieces instead of waiting.
-            self.model = WhisperModel(self.model_path, num_workers=lanes + 1, **options)
-            self.recording_model = self.model
-        else:
-            # On the CPU the cores are what live and recording pieces share: the recording
-            # lanes get a model copy of their own whose threads run at `RECORDING_NICE`, so
-            # a live piece takes the cores from them at once (on tiny.en, ~75 MB more).
-            # Each recording lane gets its share of the cores (one beam search on tiny.en ran
-            # no faster on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample).
-            self.model = WhisperModel(self.model_path, num_workers=1, **options)
-            per_lane = {**options, "cpu_threads": max(1, options["cpu_threads"] // lanes)}
-            self.recording_model = devices.in_niced_thread(
-                RECORDING_NICE, lambda: WhisperModel(self.model_path, num_workers=lanes, **per_lane)
-            )
+        choice = models.whisper_choice(settings, self.device)
+        self.models = [self._load(name) for name in choice.serve]  # replaced whole by a switch
         self._pipeline_class = BatchedInferencePipeline
-        self.languages = tuple(self.model.supported_languages)
         self._cache_lock = threading.Lock()
-        self._tokenizers: dict[tuple[str, str], Any] = {}
         self.scheduler = Scheduler(
-            lambda pieces: self._run_batch(pieces, self.recording_model),
+            lambda pieces: self._run_batch(pieces, live=False),
             self._finish,
             settings.whisper_batch(self.device),
-            lanes=lanes,
-            live_run_batch=lambda pieces: self._run_batch(pieces, self.model),
+            lanes=self.lanes,
+            live_run_batch=lambda pieces: self._run_batch(pieces, live=True),
             lane_nice=RECORDING_NICE if self.device == "cpu" else 0,
             name="whisper",
         )
         self.load_seconds = time.monotonic() - started
         log.info(
             "loaded whisper %s on %s (%s) in %.1f s",
-            settings.whisper_model,
-            self.device,
-            self.compute_type,
-            self.load_seconds,
+            self.model_name, self.device, self.compute_type, self.load_seconds,
         )
+        self.fetching = choice.fetch  # the production model fetched in the background, if any
+        self.fetch_error: str | None = None
+        self.progress = hub.Progress(choice.fetch or "")
+        if choice.fetch:
+            threading.Thread(target=self._fetch_and_switch, name="whisper-fetch", daemon=True).start()
+
+    def _load(self, name: str) -> LoadedModel:
+        """Load Whisper `name` (resolved by `app.models.whisper_model_path`) for this device."""
+        from faster_whisper import WhisperModel
+
+        path = models.whisper_model_path(self.settings, name)
+        options = dict(
+            device=self.device,
+            device_index=devices.cuda_device_index(self.settings) if self.device == "cuda" else 0,
+            compute_type=self.compute_type,
+            cpu_threads=devices.cpu_threads(self.settings, self.settings.whisper_replicas),
+            local_files_only=True,
+        )
+        if self.device == "cuda":
+            # One CTranslate2 model worker (inter_threads) per lane, the live lane included:
+            # a live batch runs beside batches of recording pieces instead of waiting.
+            live = recording = WhisperModel(path, num_workers=self.lanes + 1, **options)
+        else:
+            # On the CPU the cores are what live and recording pieces share: the recording
+            # lanes get a model copy of their own whose threads run at `RECORDING_NICE`, so
+            # a live piece takes the cores from them at once (on tiny.en, ~75 MB more).
+            # Each recording lane gets its share of the cores (one beam search on tiny.en ran
+            # no faster on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample).
+            live = WhisperModel(path, num_workers=1, **options)
+            per_lane = {**options, "cpu_threads": max(1, options["cpu_threads"] // self.lanes)}
+            recording = devices.in_niced_thread(
+                RECORDING_NICE, lambda: WhisperModel(path, num_workers=self.lanes, **per_lane)
+            )
+        return LoadedModel(name, live, recording, tuple(live.supported_languages), live.model.is_multilingual)
+
+    def _fetch_and_switch(self) -> None:
+        """Fetch the production model, load it, then serve it instead of the embedded
+        models (jobs already prepared finish on the model they started with). A failure is
+        logged once; the embedded models serve on and `describe` says why."""
+        name = self.fetching
+        assert name is not None
+        try:
+            models.fetch_whisper(self.settings, name, self.progress)
+            loaded = self._load(name)
+        except ModelNotFound as exc:
+            cause = exc.__cause__
+            self.fetch_error = cause.reason if isinstance(cause, hub.FetchError) else exc.detail
+            log.error("whisper serves %s instead of %s: %s", self.model_name, name, self.fetch_error)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bad download must not end the worker
+            self.fetch_error = f"{name} could not be loaded ({type(exc).__name__})"
+            log.exception("whisper serves %s instead of %s", self.model_name, name)
+            return
+        previous = self.model_name
+        self.models = [loaded]
+        self.fetching = None
+        log.info("whisper now serves %s (was %s)", name, previous)
+
+    @property
+    def model_name(self) -> str:
+        """The names of the models served, ``+``-joined (``tiny.en+base``)."""
+        return "+".join(model.name for model in self.models)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Every language a served model transcribes."""
+        return tuple(dict.fromkeys(code for model in self.models for code in model.languages))
+
+    def status(self) -> str:
+        """``ready``, or what happens to the production model meanwhile (see `Pong.status`)."""
+        if self.fetch_error is not None:
+            return f"serving {self.model_name} instead of {self.fetching}: {self.fetch_error}"
+        if self.fetching is not None:
+            return f"{self.progress.describe()} ({self.fetching}; serving {self.model_name} meanwhile)"
+        return "ready"
 
     def describe(self) -> Pong:
         return Pong(
             kind=self.kind,
-            model=self.settings.whisper_model,
+            model=self.model_name,
             device=self.device,
             info={"languages": list(self.languages), "compute_type": self.compute_type},
             load_seconds=round(self.load_seconds, 3),
+            status=self.status(),
         )
 
+    def pick(self, language: str, task: str) -> LoadedModel:
+        """The served model for a request: English transcription goes to the first model
+        (the English-only one of the embedded pair), everything else to a multilingual one."""
+        served = self.models
+        if language == "en" and task == "transcribe":
+            return served[0]
+        return next((model for model in served if model.multilingual), served[0])
+
     def check(self, request: TranscribeRequest) -> None:
-        """Raise `BadRequest` for a language or task the loaded model cannot do."""
-        if request.language is not None and request.language not in self.languages:
+        """Raise `BadRequest` for a language or task the served models cannot do."""
+        languages = self.languages
+        if request.language is not None and request.language not in languages:
             raise BadRequest(
                 f"language {request.language!r} is not supported by the loaded Whisper model "
-                f"{self.settings.whisper_model}; it supports: {', '.join(self.languages)}"
+                f"{self.model_name}; it supports: {', '.join(languages)}"
             )
-        if request.task == "translate" and not self.model.model.is_multilingual:
+        if request.task == "translate" and not any(model.multilingual for model in self.models):
             raise BadRequest(
-                f"the loaded Whisper model {self.settings.whisper_model} is English-only and cannot "
+                f"the loaded Whisper model {self.model_name} is English-only and cannot "
                 "translate; set REFLECTOR_GPU_WHISPER_MODEL to a multilingual model (e.g. base)"
             )
 
@@ -298,13 +375,15 @@ class WhisperEngine:
         chunks, metadata = collect_chunks(audio, speech, max_duration=PIECE_SECONDS) if speech else ([], [])
         del audio  # the pieces are copies; a long recording's full signal is freed here
         language = request.language or self._detect_language(chunks)
+        model = self.pick(language, request.task)
+        tokenizer = self._tokenizer(model, language, request.task)
         timeline = _Timeline(
-            request=request, duration=duration, speech=speech, language=language,
-            tokenizer=self._tokenizer(language, request.task), options=self._options(request, language),
+            request=request, duration=duration, speech=speech, language=language, model=model,
+            tokenizer=tokenizer, options=self._options(request, tokenizer),
         )
         job = Job(
             priority=request.priority,
-            key=(language, request.task, request.prompt, request.temperature),
+            key=(model.name, language, request.task, request.prompt, request.temperature),
             context=timeline,
         )
         for chunk, meta in zip(chunks, metadata):
@@ -323,37 +402,37 @@ class WhisperEngine:
         return self.submit(request, cancel).result()
 
     def _detect_language(self, chunks: list) -> str:
-        """The language of the first 30 s of speech (faster-whisper's own detector); ``en``
-        for English-only models and for audio without speech."""
-        if not self.model.model.is_multilingual or not chunks:
+        """The language of the first 30 s of speech (faster-whisper's own detector, on a
+        multilingual served model); ``en`` with English-only models and for audio without speech."""
+        model = next((m.live for m in self.models if m.multilingual), None)
+        if model is None or not chunks:
             return "en"
-        features = self.model.feature_extractor(chunks[0])[..., :-1]
-        language, probability, _ = self.model.detect_language(
+        features = model.feature_extractor(chunks[0])[..., :-1]
+        language, probability, _ = model.detect_language(
             features=features, language_detection_segments=1,
             language_detection_threshold=LANGUAGE_DETECTION_THRESHOLD,
         )
         log.info("detected language %s (p=%.2f)", language, probability)
         return language if language in self.languages else "en"
 
-    def _tokenizer(self, language: str, task: str) -> Any:
+    def _tokenizer(self, model: LoadedModel, language: str, task: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
 
         with self._cache_lock:
             key = (language, task)
-            if key not in self._tokenizers:
-                self._tokenizers[key] = Tokenizer(
-                    self.model.hf_tokenizer, self.model.model.is_multilingual, task=task, language=language
+            if key not in model.tokenizers:
+                model.tokenizers[key] = Tokenizer(
+                    model.live.hf_tokenizer, model.multilingual, task=task, language=language
                 )
-            return self._tokenizers[key]
+            return model.tokenizers[key]
 
-    def _options(self, request: TranscribeRequest, language: str) -> Any:
+    def _options(self, request: TranscribeRequest, tokenizer: Any) -> Any:
         """faster-whisper's `TranscriptionOptions`, as its batched `transcribe` builds them
         (no conditioning on previous text, one temperature), with word timestamps on and
         timestamp tokens kept: they let Whisper split each piece into its own segments,
         which took tiny.en's WER on the pyannote sample from 0.185 to 0.160."""
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
-        tokenizer = self._tokenizer(language, request.task)
         return TranscriptionOptions(
             beam_size=self.settings.whisper_beam_size, best_of=5, patience=1, length_penalty=1,
             repetition_penalty=1, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
@@ -367,12 +446,15 @@ class WhisperEngine:
             without_timestamps=False, max_initial_timestamp=0.0,
         )
 
-    def _run_batch(self, pieces: list[Piece], model: Any) -> list[list[dict]]:
-        """Decode one batch (pieces grouped by job, in order) on `model` with faster-whisper's
-        batched forward pass; one list of segment dicts per piece."""
+    def _run_batch(self, pieces: list[Piece], live: bool) -> list[list[dict]]:
+        """Decode one batch (pieces grouped by job, in order; one key, so one model) on the
+        job's model, its `live` copy or its recording one, with faster-whisper's batched
+        forward pass; one list of segment dicts per piece."""
         import numpy as np
         from faster_whisper.audio import pad_or_trim
 
+        loaded: LoadedModel = pieces[0].job.context.model
+        model = loaded.live if live else loaded.recording
         features = np.stack(
             [pad_or_trim(model.feature_extractor(piece.data[0])[..., :-1]) for piece in pieces]
         )

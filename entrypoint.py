@@ -7,6 +7,9 @@ Granian as children and stays alive as the root of the process tree (see
 app/workers/supervisor.py). Exit status: 0 after a clean stop, 2 for invalid settings,
 certificates or an unusable HTTP port, 3 when a model cannot be loaded, Granian's status
 when it fails.
+
+``entrypoint.py models ARGS`` runs ``python -m app.models ARGS`` instead (in the image:
+``podman run --rm -v models:/models IMAGE models fetch --defaults --device cuda``).
 """
 
 from __future__ import annotations
@@ -66,4 +69,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["models"]:
+        sys.exit(models.main(sys.argv[2:]))
     sys.exit(main())

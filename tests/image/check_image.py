@@ -53,7 +53,8 @@ from tests.translation_models import build_m2m100
 IMAGE = os.environ.get("REFLECTOR_GPU_TEST_IMAGE", "localhost/reflector-gpu:cpu-test")
 PODMAN = shlex.split(os.environ.get("PODMAN", "podman"))
 # This host has no CAP_SYS_RESOURCE: podman's default ulimits cannot be applied here.
-RUN_FLAGS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+# HF_HUB_OFFLINE: the image's `auto` models would try the model hub, which no test reaches.
+RUN_FLAGS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", "--env", "HF_HUB_OFFLINE=1"]
 APP_UID = 10001  # the image's user (Containerfile: APP_UID)
 READY_SECONDS = 240.0
 STOP_LIMIT_SECONDS = 10.0

@@ -142,6 +142,21 @@ def test_hub_failures_are_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_full_disk_is_one_clear_line_and_no_model(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:  # model.bin is 75 MB
+            full = fetch(hub_env(hub.url, small), "whisper", "large-v3-turbo")
+        assert full.returncode == 1 and "disk holding the models directory is full" in full.stderr, full.stderr
+        assert "Traceback" not in full.stderr and not (small / "whisper-large-v3-turbo").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.slow
 def test_processes_that_start_together_download_once(tmp_path):
     with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
         hub.seconds_per_file = 2.0  # long enough that both run at once
@@ -163,11 +178,13 @@ def _ready(service) -> dict:
 def test_a_named_hub_model_is_fetched_at_first_start_and_served_offline_after(tmp_path, cert_dir, sample_wav):
     with serve_hub({TURBO_REPO: tiny_en_dir()}) as hub:
         env = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(tmp_path),
-                   REFLECTOR_GPU_WHISPER_MODEL="large-v3-turbo", REFLECTOR_GPU_TRANSLATION_MODEL="none")
+                   REFLECTOR_GPU_WHISPER_MODEL="large-v3-turbo", REFLECTOR_GPU_TRANSLATION_MODEL="none",
+                   REFLECTOR_GPU_WHISPER_REPLICAS="2")
         with running_service(cert_dir, **env) as service:
             assert "fetching mobiuslabsgmbh/faster-whisper-large-v3-turbo" in service.log()
             assert "every file verified" in service.log()
-            assert _ready(service)["replicas"]["whisper"][0]["model"] == "large-v3-turbo"
+            assert hub.downloads("model.bin") == 1  # two replicas, one download
+            assert [r["model"] for r in _ready(service)["replicas"]["whisper"]] == ["large-v3-turbo"] * 2
             with sample_wav.open("rb") as f:
                 answer = service.client().post("/v1/audio/transcriptions", files={"file": ("s.wav", f, "audio/wav")})
             assert answer.status_code == 200 and len(answer.json()["words"]) > 40

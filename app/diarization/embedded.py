@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path

@@ -222,15 +222,19 @@ def test_auto_serves_the_embedded_models_while_it_fetches_then_switches(tmp_path
 @pytest.mark.slow
 def test_auto_falls_back_to_the_embedded_models_when_the_hub_is_down(tmp_path, cert_dir):
     env = dict(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_OFFLINE="0", REFLECTOR_GPU_MODELS_DIR=str(tmp_path),
-               REFLECTOR_GPU_WHISPER_AUTO_FETCH="large-v3-turbo", REFLECTOR_GPU_TRANSLATION_MODEL="none")
+               REFLECTOR_GPU_WHISPER_AUTO_FETCH="large-v3-turbo")
     with running_service(cert_dir, **env) as service:
         deadline = time.monotonic() + 60
-        while not (state := _ready(service)["workers"]["whisper"]).startswith("serving"):
-            assert time.monotonic() < deadline, state
+        while not (workers := _ready(service)["workers"])["whisper"].startswith("serving") or not workers["translator"].startswith("unavailable"):
+            assert time.monotonic() < deadline, workers
             time.sleep(0.5)
-        assert state.startswith("serving tiny.en+base instead of large-v3-turbo: the model hub") and "cannot be reached" in state
+        assert workers["whisper"].startswith("serving tiny.en+base instead of large-v3-turbo: the model hub")
+        assert "cannot be reached" in workers["whisper"] and "cannot be reached" in workers["translator"]
         assert service.client(key=None).get("/ready").status_code == 200
         assert "whisper serves tiny.en+base instead of large-v3-turbo" in service.log()
+        refused = service.client().post("/translate", params={"text": "Hi.", "source_language": "en", "target_language": "fr"})
+        assert refused.status_code == 503 and "python -m app.models fetch translation" in refused.json()["detail"]
+        assert "cannot be reached" in refused.json()["detail"]
 
 
 @pytest.mark.slow

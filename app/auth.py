@@ -34,6 +34,15 @@ from app.settings import Settings
 log = logging.getLogger("app.auth")
 
 DOCS_PATH = "/docs"
+# Reflector sends each route's key from its own setting; its `setup-selfhosted.sh --hosted`
+# writes only TRANSCRIPT_MODAL_API_KEY, so these routes get 401 and Reflector then drops
+# speakers (or padding, mixdown) without an error. The first 401 of each says where the key goes.
+REFLECTOR_KEY_SETTINGS = {
+    "diarize": "DIARIZATION_MODAL_API_KEY",
+    "pad": "PADDING_MODAL_API_KEY (or MODAL_API_KEY)",
+    "mixdown": "MIXDOWN_MODAL_API_KEY (or MODAL_API_KEY)",
+}
+_hinted: set[str] = set()
 
 
 def presented_key(authorization: str | None) -> str | None:
@@ -142,6 +151,14 @@ def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> No
     token = presented_key(connection.headers.get("authorization"))
     name = None if token is None else key_ring(settings).match(token)
     if name is None:
+        setting = REFLECTOR_KEY_SETTINGS.get(handler.name or "")
+        if setting is not None and handler.name not in _hinted:
+            _hinted.add(handler.name)  # once per route and process
+            log.warning(
+                "401 on %s: a Reflector server sends this route's key from %s in its server/.env; "
+                "TRANSCRIPT_MODAL_API_KEY alone does not cover it",
+                connection.scope["path"], setting,
+            )
         raise Unauthorized(
             "missing or wrong API key: send 'Authorization: Bearer <key>' with a key from "
             "REFLECTOR_GPU_APIKEY or REFLECTOR_GPU_APIKEYS_FILE"

@@ -92,3 +92,20 @@ def test_keys_file_parsing_skips_bad_lines_and_repeated_names() -> None:
 def test_missing_keys_file_is_a_startup_error(tmp_path: Path) -> None:
     with pytest.raises(settings_module.SettingsError, match="REFLECTOR_GPU_APIKEYS_FILE"):
         settings_module.load({"REFLECTOR_GPU_APIKEYS_FILE": str(tmp_path / "nope")})
+
+
+def test_a_401_on_a_reflector_route_names_the_reflector_setting_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Reflector's `--hosted` set-up writes only TRANSCRIPT_MODAL_API_KEY: /diarize, /pad and
+    /mixdown then arrive without a key. The log says, once per route, where the key goes."""
+    auth._hinted.clear()
+    with _client(tmp_path, caplog, REFLECTOR_GPU_APIKEY="the-key") as client:
+        for _ in range(2):
+            assert client.post("/diarize?audio_file_url=https://example.invalid/a.mp3").status_code == 401
+            assert client.post("/pad", json={}).status_code == 401
+            assert client.post("/mixdown", json={}).status_code == 401
+        assert client.post(SAME_LANGUAGE).status_code == 401
+    hints = [r.getMessage() for r in caplog.records if "a Reflector server sends this route's key" in r.getMessage()]
+    assert len(hints) == 3
+    assert any("/diarize" in h and "DIARIZATION_MODAL_API_KEY" in h for h in hints)
+    assert any("/pad" in h and "PADDING_MODAL_API_KEY" in h for h in hints)
+    assert any("/mixdown" in h and "MIXDOWN_MODAL_API_KEY" in h for h in hints)

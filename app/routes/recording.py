@@ -121,7 +121,7 @@ async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Ou
             alias = results.key("idempotency", job.route, idempotency, job.params)
             how, got = await watch.while_connected(store.claim(alias))
             if isinstance(got, Entry):
-                return _found(request, settings, store, alias, how, got, job)
+                return await _found(request, settings, store, alias, how, got, job)
             locks.append(got)
             aliases = (alias,)
         paths = await watch.while_connected(_download_all(settings, job))
@@ -132,8 +132,8 @@ async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Ou
         how, got = await watch.while_connected(store.claim(name))
         if isinstance(got, Entry):
             for alias in aliases:
-                store.alias(alias, name)
-            return _found(request, settings, store, name, how, got, job)
+                await asyncio.to_thread(store.alias, alias, name)  # flock and a write: off the event loop
+            return await _found(request, settings, store, name, how, got, job)
         locks.append(got)
         task = asyncio.ensure_future(_compute_and_keep(store, job, name, aliases, paths, locks))
         paths, locks = [], []  # the task owns them now
@@ -146,12 +146,12 @@ async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Ou
             path.unlink(missing_ok=True)
 
 
-def _found(
+async def _found(
     request: Request, settings: Settings, store: ResultStore, name: str, how: str, entry: Entry, job: Recording[_T]
 ) -> Outcome[_T]:
     blob = None
     if entry.blob:
-        blob = store.checkout_blob(name, settings.tmp_dir)
+        blob = await asyncio.to_thread(store.checkout_blob, name, settings.tmp_dir)  # may copy a large file
         if blob is None:
             raise Unavailable("the stored result expired while it was being read; retry", retry_after=1)
     request.state.result = how
@@ -212,7 +212,8 @@ async def _compute_and_keep(
         outcome = await _compute(job, paths)
         entry = Entry(value=msgspec.msgpack.encode(outcome.value), audio_seconds=job.audio_seconds(outcome.value))
         try:
-            store.put(name, entry, outcome.blob, aliases)
+            # flock(2) on the store, writes and eviction: off the event loop, which serves the rest
+            await asyncio.to_thread(store.put, name, entry, outcome.blob, aliases)
         except OSError as exc:
             log.warning("a %s result could not be kept (%s); a retry computes it again", job.route, exc.strerror)
         return outcome

@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -121,9 +121,10 @@ def _text_field(form, name: str, default: str) -> str:
     return value.strip() if isinstance(value, str) and value.strip() else default
 
 
-@contextlib.contextmanager
-def _spooled_to_disk(upload: UploadFile, settings: Settings) -> Iterator[Path]:
-    """Copy one upload into ``<state>/tmp`` keeping its extension; deleted on exit."""
+def _copy_upload(upload: UploadFile, settings: Settings) -> Path:
+    """Copy one upload (up to `max_upload_bytes`) into ``<state>/tmp`` keeping its
+    extension; blocking file I/O, run on a thread. Raises `BadRequest` (extension, empty
+    file) or `PayloadTooLarge`, leaving nothing behind."""
     extension = PurePath(upload.filename or "").suffix.lower().lstrip(".")
     if extension not in ACCEPTED_EXTENSIONS:
         raise BadRequest(
@@ -147,6 +148,18 @@ def _spooled_to_disk(upload: UploadFile, settings: Settings) -> Iterator[Path]:
                 out.write(chunk)
         if size == 0:
             raise BadRequest(f"{upload.filename} is empty")
+        return path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def _spooled_to_disk(upload: UploadFile, settings: Settings) -> AsyncIterator[Path]:
+    """The upload as a file under ``<state>/tmp`` (copied off the event loop, so a large
+    upload does not hold up the worker's other requests); deleted on exit."""
+    path = await asyncio.to_thread(_copy_upload, upload, settings)
+    try:
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -246,7 +259,7 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
     try:
         for upload in uploads:
             try:
-                with _spooled_to_disk(upload, settings) as path:
+                async with _spooled_to_disk(upload, settings) as path:
                     work = _transcribe(
                         settings,
                         TranscribeRequest(

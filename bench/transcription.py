@@ -27,11 +27,11 @@ def main() -> None:
     sample = pyannote_sample_dir() / "sample.wav"
     settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models")})
     engine = WhisperEngine(settings)
-    engine.handle(TranscribeRequest(path=str(sample)), threading.Event())  # warm-up
+    engine.handle(TranscribeRequest(path=str(sample), language="en"), threading.Event())  # warm-up
     bare = []
     for _ in range(RUNS):
         started = time.perf_counter()
-        engine.handle(TranscribeRequest(path=str(sample)), threading.Event())
+        engine.handle(TranscribeRequest(path=str(sample), language="en"), threading.Event())
         bare.append(time.perf_counter() - started)
     del engine
 

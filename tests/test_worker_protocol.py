@@ -174,3 +174,9 @@ def test_a_plain_engine_counts_queued_audio_and_refuses_past_the_audio_limit(wor
     measured = pong()
     assert measured.queued_seconds == 0 and measured.rtf is not None and 0.3 / 30 <= measured.rtf < 1
     assert diarize() == done  # alone in an empty queue, a job is taken whatever its length
+
+
+def test_a_transcribe_request_without_a_language_asks_for_detection() -> None:
+    """None means "detect" to the engine, so an omitted language must decode as None, not en."""
+    sent = msgspec.msgpack.encode({"type": "transcribe", "path": "/x"})
+    assert msgspec.msgpack.decode(sent, type=TranscribeRequest).language is None

@@ -71,7 +71,7 @@ class TranscribeRequest(msgspec.Struct, tag="transcribe", frozen=True):
     """
 
     path: str
-    language: str | None = "en"
+    language: str | None = None
     timestamp_offset: float = 0.0
     task: Task = "transcribe"
     prompt: str | None = None

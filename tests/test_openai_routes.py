@@ -35,7 +35,7 @@ def test_uploads_pass_the_openai_fields_to_whisper(app_client, workers) -> None:
     workers.serve(whisper)
     assert upload(app_client, prompt="Names: Diane.", temperature="0.4", model="whisper-1").status_code == 200
     assert upload(app_client, language="auto").status_code == 200
-    assert upload(app_client, language="fr").status_code == 200
+    assert upload(app_client, language="FR").status_code == 200  # codes are case-insensitive
     translated = upload(app_client, "/v1/audio/translations", response_format="verbose_json")
     assert translated.status_code == 200 and translated.json()["task"] == "translate"
     assert translated.json()["language"] == "en"  # the output language, as OpenAI reports it
@@ -104,3 +104,10 @@ def test_models_lists_the_workers_model(app_client, workers) -> None:
     listed = app_client.get("/v1/models").json()
     assert [m["id"] for m in listed["data"]] == ["whisper-1", "stub"]
     assert all(m["object"] == "model" and isinstance(m["created"], int) for m in listed["data"])
+
+
+def test_a_prompt_longer_than_whisper_can_use_is_400(app_client, workers) -> None:
+    workers.serve(StubEngine("whisper", (TranscribeRequest,), transcript_of))
+    refused = upload(app_client, prompt="word " * 60000)  # 300 KB
+    assert refused.status_code == 400 and "prompt is 300000 characters" in refused.json()["detail"]
+    assert upload(app_client, prompt="Names: Diane. " * 200).status_code == 200

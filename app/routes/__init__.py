@@ -16,9 +16,8 @@ LANGUAGE_CODE = re.compile(LANGUAGE_CODE_PATTERN)
 
 
 def check_language(language: str) -> str:
-    """`language` if it looks like a language code (``en``, ``yue``, ``zh-TW``), else `BadRequest`.
-
-    For multipart form fields, which no schema describes."""
+    """`language` in lower case (``EN`` -> ``en``, as Whisper spells its codes) if it looks
+    like a language code (``en``, ``yue``, ``zh-TW``), else `BadRequest`."""
     if not LANGUAGE_CODE.match(language):
         raise BadRequest(f"language must be a language code such as 'en' (got {language[:20]!r})")
-    return language
+    return language.lower()

@@ -60,6 +60,10 @@ from app.workers.whisper import Task, Transcript, TranscribeRequest
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
 AUTO_LANGUAGE = "auto"
+# Whisper conditions on at most the last 223 tokens of a prompt (half its 448-token text
+# context, less one); 4096 characters is ten times that in any script, and bounds the
+# tokenizer's work per request.
+MAX_PROMPT_CHARS = 4096
 GRANULARITIES: tuple[str, ...] = Granularity.__args__  # type: ignore[attr-defined]
 
 class BatchTranscription(msgspec.Struct):
@@ -225,6 +229,11 @@ def _upload_options(form, task: Task) -> _UploadOptions:
         raise BadRequest("stream=true is not supported: ask without stream for the whole transcript")
     diarize = _flag(form, "diarize")
     language, prompt = form.get("language"), form.get("prompt")
+    if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(
+            f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted "
+            "(Whisper conditions on its last 223 tokens only)"
+        )
     return _UploadOptions(
         response_format=response_format,
         granularities=tuple(granularities),
@@ -313,7 +322,9 @@ _COMMON_FIELDS = {
         {"type": "string", "default": OPENAI_ALIAS},
         "a name from GET /v1/models; any other name is accepted and ignored",
     ),
-    "prompt": field({"type": "string"}, "text to condition every 30-s piece on (Whisper's initial prompt)"),
+    "prompt": field(
+        {"type": "string", "maxLength": MAX_PROMPT_CHARS}, "text to condition every 30-s piece on (Whisper's initial prompt)"
+    ),
     "temperature": field(
         {"type": "number", "minimum": 0, "maximum": 1, "default": 0}, "sampling temperature; 0 is beam search"
     ),

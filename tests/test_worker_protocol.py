@@ -138,6 +138,25 @@ class AudioStubEngine(StubEngine):
         return stated_seconds(request.path)
 
 
+def first_frame(settings, kind: str, request: msgspec.Struct) -> msgspec.Struct:
+    """The first message a worker sends back for `request`, read off a raw connection."""
+    from app.workers.protocol import Accepted, encode_frame, read_frame
+    from app.workers.registry import socket_path
+
+    async def exchange() -> bytes | None:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path(settings, kind)))
+        try:
+            writer.write(encode_frame(request))
+            await writer.drain()
+            return await read_frame(reader)
+        finally:
+            writer.close()
+
+    body = asyncio.run(exchange())
+    assert body is not None
+    return msgspec.msgpack.decode(body, type=Accepted | Failure)
+
+
 def test_a_plain_engine_counts_queued_audio_and_refuses_past_the_audio_limit(workers, stub_settings, tmp_path) -> None:
     """Queued seconds come from the file's header, the real-time factor from finished jobs,
     and a recording past `REFLECTOR_GPU_QUEUE_AUDIO_SECONDS` gets 503 with a Retry-After."""
@@ -168,6 +187,7 @@ def test_a_plain_engine_counts_queued_audio_and_refuses_past_the_audio_limit(wor
     with pytest.raises(Unavailable, match="30 s of audio queued") as refused:
         diarize()  # 30 s queued + 30 s > 50
     assert refused.value.retry_after == 5  # no speed measured yet
+    assert isinstance(first_frame(stub_settings, "diarizer", DiarizeRequest(path=str(recording))), Failure)  # no Accepted
     time.sleep(0.3)
     release.set()
     first.join(10)

@@ -3,8 +3,10 @@
 A frame is a 4-byte big-endian length followed by a msgpack document (msgspec). A
 connection carries exactly one request and one reply: the client sends a tagged request
 struct; the worker answers `Accepted` as soon as it has queued a job, then the engine's
-tagged result struct or a `Failure` (a refusal, such as a full queue, comes without
-`Accepted`). A connection that closes before `Accepted` never reached a live worker and
+tagged result struct or a `Failure`. A refusal decided from the request and the file's
+header (a full queue, a plain engine's queued audio) comes without `Accepted`; a scheduled
+engine's audio limit is checked once the job is decoded and cut, so that refusal follows
+`Accepted` (the HTTP side treats both alike: 503 with ``Retry-After``). A connection that closes before `Accepted` never reached a live worker and
 may be retried; one that closes after it lost its job. A client that closes its end before
 the reply cancels the job. Every message is a tagged
 `msgspec.Struct`, so a decoder is built from the union of the types it accepts.

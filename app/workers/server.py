@@ -176,14 +176,14 @@ class WorkerServer:
         self.pending += 1  # counted before any await, so the limit above sees every job
         seconds = 0.0
         try:
-            writer.write(encode_frame(Accepted()))
-            await writer.drain()
-            if self._audio_seconds is not None:
-                seconds = await asyncio.to_thread(self._audio_seconds, request)
+            if self._audio_seconds is not None:  # measured from the file's header, before Accepted:
+                seconds = await asyncio.to_thread(self._audio_seconds, request)  # a refusal comes without it
                 if self._over_audio_limit(seconds):
                     seconds = 0.0
                     return self._audio_limit_failure(self.queued_audio)
                 self.queued_audio += seconds
+            writer.write(encode_frame(Accepted()))
+            await writer.drain()
             cancel = ProgressEvent(self.progress)
             loop = asyncio.get_running_loop()
             job = loop.run_in_executor(self._executor, self._start, request, cancel, seconds)

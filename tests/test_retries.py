@@ -196,8 +196,14 @@ def test_diarize_retry_attaches(service: Service, audio_server, sample_wav: Path
     assert "status=499" in lines[0] and "result=attached" in lines[1] and "result=stored" in lines[2]
 
 
-def test_pad_retry_puts_the_kept_file_to_the_new_url(service: Service, seaweed, audio_server, long_wav: Path) -> None:
-    track = audio_server.add("retry-pad.wav", long_wav)
+@pytest.fixture(scope="module")
+def ten_minute_wav(sample_wav: Path, tmp_path_factory) -> Path:
+    """Long enough that padding it takes seconds on any machine (2 min took under 1 s)."""
+    return concatenated(sample_wav, tmp_path_factory.mktemp("ten"), 20)
+
+
+def test_pad_retry_puts_the_kept_file_to_the_new_url(service: Service, seaweed, audio_server, ten_minute_wav: Path) -> None:
+    track = audio_server.add("retry-pad.wav", ten_minute_wav)
     impatient = service.client(timeout=httpx.Timeout(60.0, read=1.0))
     patient = service.client(timeout=600)
 

@@ -1,7 +1,8 @@
 """The public API's shared types: what clients send and get back, apart from the worker wire.
 
-Worker messages (`app.workers.*`) may change with the engines; the types here are the
-contract (/shared reflector-api.md) and the OpenAPI document. Request bounds are
+The worker wire is `app.workers.messages`; where a wire struct is exactly the public shape
+(`Turn`), it is used here rather than written twice. The types here are the contract
+(shared/reflector-api.md) and the OpenAPI document. Request bounds are
 `msgspec.Meta` constraints, so validation (400 naming the field) and the OpenAPI schema
 come from one place. Times are seconds.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-import msgspec
 from litestar.params import Parameter
 from msgspec import Meta
 
 from app.audio.fetch import MAX_URL_CHARS
 from app.audio.formats import MP3_RATES
 from app.transcripts.speakers import SpeakerTurn
+from app.workers.messages import Turn
 
 # Where a transcript or diarization lands on the caller's timeline (``timestamp_offset``,
 # ``timestamp``): 1e7 s (~115 days) bounds the shifted times without limiting real use.
@@ -53,14 +54,6 @@ TrackOffset = Annotated[
     float, Meta(le=MAX_TRACK_START_SECONDS, description="the track's start in seconds (<= 18000; may be negative)")
 ]
 Mp3Rate = Literal[MP3_RATES]  # type: ignore[valid-type] - the rates MP3 can carry, in Hz
-
-
-class Turn(msgspec.Struct, frozen=True):
-    """One speaker turn: times in seconds, `speaker` an integer from 0."""
-
-    start: float
-    end: float
-    speaker: int
 
 
 def public_turns(turns: Iterable[SpeakerTurn]) -> list[Turn]:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from app import settings as settings_module  # noqa: E402
 from app.workers import client  # noqa: E402
-from app.workers.audio import Encoded, MixdownRequest, PadRequest  # noqa: E402
+from app.workers.messages import Encoded, MixdownRequest, PadRequest  # noqa: E402
 from tests.audiogen import write_tone  # noqa: E402
 
 TRACK_SECONDS = 600.0

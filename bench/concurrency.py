@@ -104,7 +104,8 @@ def in_process(sample: Path, runs: int) -> None:
 
     from faster_whisper import BatchedInferencePipeline
 
-    from app.workers.whisper import TranscribeRequest, WhisperEngine
+    from app.workers.messages import TranscribeRequest
+    from app.workers.whisper import WhisperEngine
 
     settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models"), "REFLECTOR_GPU_WHISPER_MODEL": "tiny.en"})
     engine = WhisperEngine(settings)

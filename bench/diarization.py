@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from app import settings as settings_module  # noqa: E402
 from app.workers import client  # noqa: E402
-from app.workers.diarizer import Diarization, DiarizeRequest, peak_rss_mib  # noqa: E402
+from app.workers.diarizer import peak_rss_mib
+from app.workers.messages import Diarization, DiarizeRequest  # noqa: E402
 from tests.conftest import pyannote_sample_dir  # noqa: E402
 
 LONG_MINUTES = (10, 60)

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import settings as settings_module  # noqa: E402
-from app.workers.whisper import TranscribeRequest, WhisperEngine  # noqa: E402
+from app.workers.messages import TranscribeRequest  # noqa: E402
+from app.workers.whisper import WhisperEngine
 from tests.conftest import pyannote_sample_dir, running_service, strict_context  # noqa: E402
 
 RUNS = 5

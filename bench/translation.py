@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import settings as settings_module  # noqa: E402
-from app.workers.translator import TranslateRequest, TranslatorEngine  # noqa: E402
+from app.workers.messages import TranslateRequest  # noqa: E402
+from app.workers.translator import TranslatorEngine
 from tests.conftest import running_service, strict_context  # noqa: E402
 from tests.translation_models import build_m2m100  # noqa: E402
 

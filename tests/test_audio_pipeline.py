@@ -198,7 +198,8 @@ def test_an_output_removed_as_the_client_leaves_is_a_cancellation(tmp_path, monk
     (cancelled) without logging a traceback, and the engine leaves no file."""
     from app import settings as settings_module
     from app.audio import pipeline
-    from app.workers.audio import AudioEngine, PadRequest
+    from app.workers.audio import AudioEngine
+    from app.workers.messages import PadRequest
     from app.workers.protocol import Failure
     from app.workers.server import WorkerServer
 

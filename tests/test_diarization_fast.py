@@ -92,7 +92,7 @@ def fast_engine():
 
 @pytest.mark.slow
 def test_default_is_fast_and_meets_the_der_bar(fast_engine, sample_wav: Path) -> None:
-    from app.workers.diarizer import DiarizeRequest
+    from app.workers.messages import DiarizeRequest
 
     assert settings_module.load({}).diarization_model == "fast"
     assert fast_engine.describe().info["source"] == "fast"
@@ -108,7 +108,7 @@ def test_default_is_fast_and_meets_the_der_bar(fast_engine, sample_wav: Path) ->
 
 @pytest.mark.slow
 def test_hints_reach_the_fast_pipeline(fast_engine, sample_wav: Path) -> None:
-    from app.workers.diarizer import DiarizeRequest
+    from app.workers.messages import DiarizeRequest
 
     def speakers(**hints) -> set[int]:
         result = fast_engine.handle(DiarizeRequest(path=str(sample_wav), **hints), threading.Event())
@@ -123,7 +123,7 @@ def test_hints_reach_the_fast_pipeline(fast_engine, sample_wav: Path) -> None:
 @pytest.mark.slow
 def test_fast_pipeline_on_silence_a_short_clip_and_cancel(fast_engine, sample_wav: Path, tmp_path: Path) -> None:
     from app.audio.decode import decode_mono
-    from app.workers.diarizer import DiarizeRequest
+    from app.workers.messages import DiarizeRequest
 
     quiet = np.random.default_rng(1).normal(0, 10 ** (-70 / 20), 16000 * 5).astype(np.float32)
     silent = fast_engine.handle(DiarizeRequest(path=str(write_wav(tmp_path / "q.wav", quiet))), threading.Event())
@@ -145,7 +145,8 @@ def test_fast_pipeline_on_silence_a_short_clip_and_cancel(fast_engine, sample_wa
 
 @pytest.mark.slow
 def test_embedded_selects_the_pyannote_pipeline(sample_wav: Path) -> None:
-    from app.workers.diarizer import DiarizeRequest, DiarizerEngine
+    from app.workers.diarizer import DiarizerEngine
+    from app.workers.messages import DiarizeRequest
 
     engine = DiarizerEngine(settings_module.load({"REFLECTOR_GPU_DIARIZATION_MODEL": "embedded"}))
     assert engine.describe().info["source"] == "embedded" and engine.fast is None
@@ -154,9 +155,9 @@ def test_embedded_selects_the_pyannote_pipeline(sample_wav: Path) -> None:
 
 
 def test_fast_names_the_setting_when_unprepared(tmp_path: Path) -> None:
+    from app.diarization.pipeline import Options
     from app.errors import ModelNotFound
     from app.workers.diarizer import _load_fast
-    from app.diarization.pipeline import Options
 
     with pytest.raises(ModelNotFound) as caught:
         _load_fast(str(tmp_path), Options(), 0)
@@ -197,8 +198,8 @@ def test_compact_decoding_equals_decode_mono(sample_wav: Path, monkeypatch: pyte
 
 def test_hints_travel_to_the_worker(app_client, workers, audio_server) -> None:
     """In-process HTTP side with a stub diarizer: the query's hints arrive in the request."""
+    from app.workers.messages import Diarization, DiarizeRequest
     from tests.stub_workers import StubEngine
-    from app.workers.diarizer import Diarization, DiarizeRequest
 
     seen: list[DiarizeRequest] = []
 

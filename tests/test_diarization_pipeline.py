@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from app import settings as settings_module
-from app.errors import Unavailable
-from app.errors import ModelNotFound
-from app.workers.diarizer import Turn, speaker_numbers, to_turns
+from app.errors import ModelNotFound, Unavailable
+from app.workers.diarizer import speaker_numbers, to_turns
+from app.workers.messages import Turn
 from tests.conftest import write_wav
 
 
@@ -116,7 +116,8 @@ def test_mounted_bundle_with_relative_paths(
     monkeypatch.setitem(sys.modules, "onnxruntime", sys.modules.get("onnxruntime"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from app.audio.decode import decode_mono
-    from app.workers.diarizer import DiarizeRequest, DiarizerEngine
+    from app.workers.diarizer import DiarizerEngine
+    from app.workers.messages import DiarizeRequest
 
     mounted = tmp_path / "mounted"
     (mounted / "wespeaker-campplus").mkdir(parents=True)

@@ -16,9 +16,8 @@ import pytest
 from app.errors import FAILURE_KINDS, ClientGone, ServiceError, Unauthorized
 from app.main import build_app
 from app.middleware import RequestBody
+from app.workers.messages import TranscribeRequest, Transcript, TranslateRequest, Translation, Word
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, encode_frame
-from app.workers.translator import TranslateRequest, Translation
-from app.workers.whisper import TranscribeRequest, Transcript, Word
 from tests.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
 
 pytest_plugins = ["tests.stub_workers"]
@@ -300,7 +299,8 @@ def test_from_url_downloads_then_transcribes_with_the_offset(app_client, workers
 
 
 def test_diarize_answers_public_turns(app_client, workers, stub_settings, audio_server) -> None:
-    from app.workers.diarizer import Diarization, DiarizeRequest, Turn as WireTurn
+    from app.workers.messages import Diarization, DiarizeRequest
+    from app.workers.messages import Turn as WireTurn
 
     def diarize(request: DiarizeRequest, cancel) -> Diarization:
         return Diarization(diarization=[WireTurn(request.timestamp, request.timestamp + 1.0, 0)], duration=30.0)

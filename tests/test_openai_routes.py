@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
-from app.workers.diarizer import Diarization, DiarizeRequest, Turn
-from app.workers.whisper import Segment, TranscribeRequest, Transcript, Word
+from app.workers.messages import (
+    Diarization,
+    DiarizeRequest,
+    Segment,
+    TranscribeRequest,
+    Transcript,
+    Turn,
+    Word,
+)
 from tests.stub_workers import StubEngine
 
 pytest_plugins = ["tests.stub_workers"]

@@ -15,7 +15,7 @@ import threading
 import msgspec
 
 from app.results import ResultStore, results_dir
-from app.workers.whisper import TranscribeRequest, Transcript, Word
+from app.workers.messages import TranscribeRequest, Transcript, Word
 from tests.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
 
 pytest_plugins = ["tests.stub_workers"]

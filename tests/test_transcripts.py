@@ -11,8 +11,7 @@ import webvtt
 
 from app.transcripts.formats import attribute, json_body, srt_body, text_body, vtt_body
 from app.transcripts.speakers import segment_of_words, split_by_speaker, word_speakers
-from app.workers.diarizer import Turn
-from app.workers.whisper import Segment, Transcript, Word
+from app.workers.messages import Segment, Transcript, Turn, Word
 
 
 def segment(index: int, start: float, end: float, text: str) -> Segment:

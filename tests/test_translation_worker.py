@@ -9,13 +9,13 @@ import sys
 import time
 
 import pytest
-from tests.translation_models import m2m100_model  # noqa: F401
 
 from app import settings as settings_module
 from app.errors import BadRequest, Unavailable
 from app.workers import client
+from app.workers.messages import TranslateRequest, Translation
 from app.workers.registry import socket_path
-from app.workers.translator import TranslateRequest, Translation
+from tests.translation_models import m2m100_model  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

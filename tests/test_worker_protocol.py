@@ -14,9 +14,16 @@ import pytest
 from app.audio.decode import stated_seconds
 from app.errors import Unavailable, WorkerReplyInvalid
 from app.workers import client
-from app.workers.protocol import MAX_FRAME_BYTES, Accepted, Failure, FrameTooLarge, Pong, encode_frame, read_frame
-from app.workers.diarizer import Diarization, DiarizeRequest
-from app.workers.whisper import TranscribeRequest, Transcript
+from app.workers.messages import Diarization, DiarizeRequest, TranscribeRequest, Transcript
+from app.workers.protocol import (
+    MAX_FRAME_BYTES,
+    Accepted,
+    Failure,
+    FrameTooLarge,
+    Pong,
+    encode_frame,
+    read_frame,
+)
 from tests.audiogen import write_tone
 from tests.conftest import write_wav
 from tests.stub_workers import StubEngine

@@ -34,7 +34,7 @@ from app.routes.recording import Recording, served
 from app.schemas import Mp3Rate, TrackOffset, TrackStart, Url
 from app.settings import Settings
 from app.workers import client
-from app.workers.audio import Encoded, MixdownRequest, PadRequest
+from app.workers.messages import Encoded, MixdownRequest, PadRequest
 
 log = logging.getLogger("app.audio")
 MAX_TRACKS = 64  # a bound on one mixdown's inputs (a meeting's participants), not an FFmpeg limit

@@ -23,8 +23,7 @@ from app.routes.recording import Recording, served
 from app.schemas import TimestampOffsetQuery, Turn, public_turns
 from app.settings import Settings
 from app.workers import client
-from app.workers.diarizer import Diarization, DiarizeRequest
-
+from app.workers.messages import Diarization, DiarizeRequest
 
 MAX_SPEAKERS = 64  # a bound on hints, far above what a meeting recording holds
 

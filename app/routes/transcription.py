@@ -54,8 +54,7 @@ from app.transcripts.formats import (
     text_body,
 )
 from app.workers import client
-from app.workers.diarizer import Diarization, DiarizeRequest
-from app.workers.whisper import Task, Transcript, TranscribeRequest
+from app.workers.messages import Diarization, DiarizeRequest, Task, TranscribeRequest, Transcript
 
 ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024

@@ -28,7 +28,7 @@ from app.languages import load_table
 from app.routes import JSON_BODY_LIMIT_BYTES
 from app.settings import Settings
 from app.workers import client
-from app.workers.translator import TranslateRequest, Translation
+from app.workers.messages import TranslateRequest, Translation
 
 DEFAULT_SOURCE = "en"
 DEFAULT_TARGET = "fr"

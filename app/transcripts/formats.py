@@ -18,7 +18,7 @@ from typing import Literal
 import msgspec
 
 from app.transcripts.speakers import SpeakerSegment, SpeakerTurn, split_by_speaker, word_speakers
-from app.workers.whisper import Segment, Task, Transcript
+from app.workers.messages import Segment, Task, Transcript
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ResponseFormat.__args__  # type: ignore[attr-defined]

@@ -13,47 +13,15 @@ import logging
 import threading
 from pathlib import Path
 
-import msgspec
-
 from app.errors import ServiceError
 from app.settings import Settings
+from app.workers.messages import Encoded, MixdownRequest, PadRequest
 from app.workers.progress import ProgressLog
 from app.workers.protocol import Pong
 
 log = logging.getLogger("app.worker.audio")
 
 REQUIRED_ENCODERS = ("libopus", "libmp3lame")
-
-
-class PadRequest(msgspec.Struct, tag="pad", frozen=True):
-    """Write `source` preceded by `start_time_seconds` (s) of silence to `output` (WebM/Opus)."""
-
-    source: str
-    output: str
-    start_time_seconds: float
-
-
-class MixdownRequest(msgspec.Struct, tag="mixdown", frozen=True):
-    """Mix `sources` into the MP3 file `output`.
-
-    `offsets_seconds` (one per source, s) place the sources on one timeline;
-    `target_sample_rate` (Hz) or else the first source's rate; `labels` name the sources
-    in error messages (e.g. ``"track 2"``, the index in the client's list).
-    """
-
-    sources: list[str]
-    output: str
-    offsets_seconds: list[float] | None = None
-    target_sample_rate: int | None = None
-    labels: list[str] | None = None
-
-
-class Encoded(msgspec.Struct, tag="encoded", frozen=True):
-    """The file written: `size` (bytes), `duration_ms` (audio encoded, ms), `sample_rate` (Hz)."""
-
-    size: int
-    duration_ms: float
-    sample_rate: int
 
 
 class AudioEngine:

@@ -28,10 +28,9 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import msgspec
-
 from app.errors import Unavailable
 from app.settings import Settings
+from app.workers.messages import Diarization, DiarizeRequest, Turn
 from app.workers.protocol import Pong
 
 log = logging.getLogger("app.worker.diarizer")
@@ -40,35 +39,6 @@ log = logging.getLogger("app.worker.diarizer")
 # is unset. 0.1 is pyannote's own default (best accuracy); on the CPU a coarser step keeps
 # long recordings inside Reflector's 600 s timeout (figures in bench/diarization.py).
 DEFAULT_STEP = {"cuda": 0.1, "cpu": 0.2}
-
-
-class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
-    """Diarize `path` (any format FFmpeg decodes); shift every time by `timestamp` seconds.
-
-    Optional speaker-count hints (integers >= 1, checked by the HTTP side):
-    `num_speakers` fixes the count; `min_speakers` / `max_speakers` bound it.
-    """
-
-    path: str
-    timestamp: float = 0.0
-    num_speakers: int | None = None
-    min_speakers: int | None = None
-    max_speakers: int | None = None
-
-
-class Turn(msgspec.Struct, frozen=True):
-    """One speaker turn: seconds (3 decimals), `speaker` an integer from 0."""
-
-    start: float
-    end: float
-    speaker: int
-
-
-class Diarization(msgspec.Struct, tag="diarization", frozen=True):
-    """Turns sorted by start (then end, speaker); `duration` of the audio in seconds."""
-
-    diarization: list[Turn]
-    duration: float
 
 
 class _Cancelled(Exception):

@@ -35,14 +35,15 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from app.workers.devices import nice_this_thread
 from app.workers.progress import ProgressLog
 
 log = logging.getLogger("app.worker.scheduler")
 
-Priority = Literal["live", "recording"]
+from app.workers.messages import Priority
+
 RTF_SMOOTHING = 0.3  # weight of the newest batch in the moving average
 
 

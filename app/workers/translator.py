@@ -26,13 +26,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-
+from app import models
 from app.errors import BadRequest, ModelNotFound, Unavailable
 from app.languages import Language, language_token, load_table
-from app import models
 from app.models import TRANSLATION_SETTING, hub
 from app.settings import Settings
+from app.workers.messages import TranslateRequest, Translation
 from app.workers.protocol import Pong
 
 log = logging.getLogger("app.worker.translator")
@@ -58,21 +57,6 @@ LANGUAGE_TOKEN = {
 
 NOT_CONFIGURED = models.TRANSLATION_NOT_CONFIGURED
 RETRY_WHILE_FETCHING_SECONDS = 30
-
-
-class TranslateRequest(msgspec.Struct, tag="translate", frozen=True):
-    """Translate `text` from Reflector language `source` to `target` (codes as Reflector sends them)."""
-
-    text: str
-    source: str = "en"
-    target: str = "fr"
-
-
-class Translation(msgspec.Struct, tag="translation", frozen=True):
-    """The translated text and how many pieces (sentences or parts of long ones) were decoded."""
-
-    text: str
-    pieces: int = 0
 
 
 def read_vocabulary(model_dir: Path) -> list[str]:

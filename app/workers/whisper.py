@@ -20,15 +20,14 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import msgspec
+from typing import Any
 
 from app import models
 from app.errors import BadRequest, ModelNotFound, Unavailable
 from app.models import hub
 from app.settings import Settings
 from app.workers import devices
+from app.workers.messages import Segment, TranscribeRequest, Transcript, Word
 from app.workers.protocol import Pong
 from app.workers.registry import RECORDING_NICE
 from app.workers.scheduler import Job, Piece, Scheduler
@@ -55,65 +54,6 @@ def recording_lanes(device: str) -> int:
     return 1 if device == "cuda" else 2
 
 
-Task = Literal["transcribe", "translate"]
-Priority = Literal["live", "recording"]
-
-
-class TranscribeRequest(msgspec.Struct, tag="transcribe", frozen=True):
-    """Transcribe `path` (any format FFmpeg decodes); shift every time by `timestamp_offset` s.
-
-    `language`: a code the model supports, or None to detect it from the audio (an
-    English-only model answers ``en``). `task`: ``transcribe``, or ``translate`` (speech in
-    any language to English text; multilingual models only). `prompt`: text conditioning
-    every 30-s piece (Whisper's initial prompt). `temperature`: sampling temperature (0:
-    beam search). `priority`: ``live`` pieces (uploads) are decoded before ``recording``
-    pieces (whole recordings from a URL).
-    """
-
-    path: str
-    language: str | None = None
-    timestamp_offset: float = 0.0
-    task: Task = "transcribe"
-    prompt: str | None = None
-    temperature: float = 0.0
-    priority: Priority = "recording"
-
-
-class Word(msgspec.Struct, frozen=True):
-    """One word with its leading space as Whisper emits it; times in seconds, 2 decimals."""
-
-    word: str
-    start: float
-    end: float
-
-
-class Segment(msgspec.Struct, frozen=True):
-    """One decoded segment (Whisper's own split of a 30-s piece), times in seconds (2 decimals).
-
-    `tokens`: the token ids; `avg_logprob`, `compression_ratio`, `no_speech_prob`: Whisper's
-    decoding statistics, as OpenAI's ``verbose_json`` reports them.
-    """
-
-    id: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-
-
-class Transcript(msgspec.Struct, tag="transcript", frozen=True):
-    """The text, the words and segments in time order, the audio duration in seconds, and
-    the language spoken (as given, or detected)."""
-
-    text: str
-    words: list[Word]
-    duration: float
-    language: str = "en"
-    segments: list[Segment] = []
 
 
 def clean_words(raw: list[tuple[str, float, float]], offset: float = 0.0) -> list[Word]:

@@ -42,11 +42,15 @@ Handler = Callable[[Any, threading.Event], msgspec.Struct]
 
 
 class StubEngine:
-    """An engine for `WorkerServer` whose `handle` is the function the test gives.
+    """A plain engine (`app.workers.engine.Engine`) for `WorkerServer` whose `handle` is the
+    function the test gives.
 
     `requests` records every request it ran, in order; `release` (when given) is waited on
     before each job, so a test can hold a job in flight.
     """
+
+    scheduler = None
+    device = "cpu"
 
     def __init__(
         self,
@@ -64,6 +68,9 @@ class StubEngine:
 
     def describe(self) -> Pong:
         return Pong(kind=self.kind, model="stub", device="cpu")
+
+    def audio_seconds(self, request: Any) -> float | None:
+        return None
 
     def handle(self, request: Any, cancel: threading.Event) -> msgspec.Struct:
         self.requests.append(request)

@@ -29,6 +29,8 @@ class AudioEngine:
 
     kind = "audio"
     request_types = (PadRequest, MixdownRequest)
+    scheduler = None  # a plain engine: one job at a time
+    device = "cpu"  # FFmpeg through PyAV
 
     def __init__(self, settings: Settings) -> None:
         import av
@@ -45,6 +47,10 @@ class AudioEngine:
 
     def describe(self) -> Pong:
         return Pong(kind=self.kind, model=f"FFmpeg {self.ffmpeg}", device="cpu", info={"pyav": self.pyav})
+
+    def audio_seconds(self, request: PadRequest | MixdownRequest) -> None:
+        """Not measured: pad and mixdown jobs take seconds; the job count limits them."""
+        return None
 
     def handle(self, request: PadRequest | MixdownRequest, cancel: threading.Event) -> Encoded:
         """Run one job. Raises `InvalidAudio`, `BadRequest`, `PayloadTooLarge`, or

@@ -96,6 +96,7 @@ class DiarizerEngine:
 
     kind = "diarizer"
     request_types = (DiarizeRequest,)
+    scheduler = None  # a plain engine: one job at a time
 
     def __init__(self, settings: Settings) -> None:
         from app.diarization import embedded  # sets PYANNOTE_METRICS_ENABLED=false

@@ -5,24 +5,9 @@ The asyncio loop stays free to answer `Ping`, to refuse work past the queue limi
 sets the job's cancel event. The socket is bound only after the model has loaded, so a
 client that can connect is talking to a ready worker.
 
-An engine is a class with:
-- ``kind: str`` and ``request_types: tuple[type[msgspec.Struct], ...]`` (tagged structs);
-- ``__init__(settings)``: loads the model; raises `app.errors.ServiceError` or anything;
-- ``describe() -> Pong``;
-- either ``handle(request, cancel: threading.Event) -> msgspec.Struct``: runs one job;
-  jobs then run one at a time on one thread (one model, one device). Such an engine may
-  also have ``audio_seconds(request) -> float`` (the audio the job processes, from the
-  file's header): the server then counts queued audio and the measured real-time factor
-  for it, and refuses past ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` as below;
-- or ``prepare(request) -> Job`` plus a ``scheduler`` (`app.workers.scheduler.Scheduler`):
-  ``prepare`` decodes and cuts the job on a small pool of threads, then its pieces are
-  queued and the scheduler batches pieces across jobs.
-  The job is then refused when the audio already queued and the job's own are over
-  ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` (live jobs excepted, since they go first; a job
-  alone in an empty queue is always taken), with a
-  ``Retry-After`` estimated from the backlog and the measured real-time factor; a client
-  that leaves has its queued pieces dropped at once.
-Either raises `app.errors.ServiceError` subclasses for failures the client should see.
+The engine's contract is `app.workers.engine.Engine` (plain engines: one job at a time;
+scheduled engines: pieces batched across jobs by their scheduler). A client that leaves has
+its job cancelled, and a scheduled job's queued pieces dropped at once.
 """
 
 from __future__ import annotations
@@ -45,6 +30,7 @@ from app import settings as settings_module
 from app.errors import ServiceError, Unavailable
 from app.logs import setup_logging
 from app.workers import devices
+from app.workers.engine import Engine
 from app.workers.protocol import Accepted, Failure, Ping, encode_frame, read_frame
 from app.workers.registry import socket_path, spec
 from app.workers.scheduler import Job, RealTimeFactor
@@ -84,7 +70,7 @@ class WorkerServer:
     worker's index among its kind's replicas (reported in `Pong`).
     """
 
-    def __init__(self, engine: Any, queue_size: int, queue_audio_seconds: float = math.inf, replica: int = 0) -> None:
+    def __init__(self, engine: Engine, queue_size: int, queue_audio_seconds: float = math.inf, replica: int = 0) -> None:
         self.engine = engine
         self.queue_size = queue_size
         self.queue_audio_seconds = queue_audio_seconds
@@ -92,10 +78,7 @@ class WorkerServer:
         self.pending = 0
         self.jobs_done = 0
         self._last_progress = time.monotonic()
-        self.scheduled = hasattr(engine, "scheduler")
-        # Plain engines that measure their requests' audio (see the module docstring).
-        self._audio_seconds = None if self.scheduled else getattr(engine, "audio_seconds", None)
-        self.measures_audio = self.scheduled or self._audio_seconds is not None
+        self.scheduled = engine.scheduler is not None
         self.queued_audio = 0.0  # seconds of audio of accepted, unfinished plain jobs
         self.speed = engine.scheduler.speed if self.scheduled else RealTimeFactor()
         workers = PREPARE_THREADS if self.scheduled else 1
@@ -151,11 +134,9 @@ class WorkerServer:
 
     def pong(self) -> msgspec.Struct:
         """The engine's `Pong` with this server's queue figures."""
-        pong = self.engine.describe()
-        if self.measures_audio:
-            pong = msgspec.structs.replace(pong, queued_seconds=round(self.queued_seconds(), 3), rtf=self.speed.value)
         return msgspec.structs.replace(
-            pong, busy=self.pending, replica=self.replica, jobs_done=self.jobs_done,
+            self.engine.describe(), queued_seconds=round(self.queued_seconds(), 3), rtf=self.speed.value,
+            busy=self.pending, replica=self.replica, jobs_done=self.jobs_done,
             stalled_seconds=round(self.stalled_seconds(), 3),
         )
 
@@ -176,8 +157,8 @@ class WorkerServer:
         self.pending += 1  # counted before any await, so the limit above sees every job
         seconds = 0.0
         try:
-            if self._audio_seconds is not None:  # measured from the file's header, before Accepted:
-                seconds = await asyncio.to_thread(self._audio_seconds, request)  # a refusal comes without it
+            if not self.scheduled:  # measured from the file's header, before Accepted:
+                seconds = await asyncio.to_thread(self.engine.audio_seconds, request) or 0.0  # a refusal comes without it
                 if self._over_audio_limit(seconds):
                     seconds = 0.0
                     return self._audio_limit_failure(self.queued_audio)
@@ -318,7 +299,7 @@ def main(kind: str, replica: int = 0) -> None:
     server = WorkerServer(
         engine,
         settings.queue_size,
-        settings.queue_audio_limit(getattr(engine, "device", "cpu")),
+        settings.queue_audio_limit(engine.device),
         replica,
     )
     asyncio.run(_serve(server, str(socket_path(settings, kind, replica))))

@@ -188,6 +188,7 @@ class TranslatorEngine:
 
     kind = "translator"
     request_types = (TranslateRequest,)
+    scheduler = None  # a plain engine: one job at a time
 
     def __init__(self, settings: Settings) -> None:
         from app.workers.devices import ct2_compute_type, ct2_device
@@ -330,6 +331,10 @@ class TranslatorEngine:
             return [self.support.sources[source], *pieces, "</s>"]  # type: ignore[list-item]
         prefix = self.support.targets[target]  # MADLAD <2xx>; multi-target Marian >>xx<<; else None
         return [*([prefix] if prefix else []), *pieces, "</s>"]
+
+    def audio_seconds(self, request: TranslateRequest) -> None:
+        """Text, not audio: nothing to measure."""
+        return None
 
     def handle(self, request: TranslateRequest, cancel: threading.Event) -> Translation:
         """Translate one text. Raises `BadRequest` for a language the model lacks,

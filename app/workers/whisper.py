@@ -337,6 +337,10 @@ class WhisperEngine:
             raise Unavailable("cancelled: the client went away")
         return self.scheduler.submit(job)
 
+    def audio_seconds(self, request: TranscribeRequest) -> None:
+        """Not measured per request: the scheduler counts the pieces' audio."""
+        return None
+
     def handle(self, request: TranscribeRequest, cancel: threading.Event) -> Transcript:
         """`submit` and wait (for callers without an event loop: tests, benchmarks)."""
         return self.submit(request, cancel).result()

@@ -4,7 +4,7 @@ Reads the settings once, prepares the TLS material, starts the plain-HTTP listen
 (`app.http_redirect`) and, with ``REFLECTOR_GPU_TLS=acme``, the certificate manager
 (`app.acme`) as threads, then runs the supervisor, which starts the model workers and
 Granian as children and stays alive as the root of the process tree (see
-app/workers/supervisor.py). Exit status: 0 after a clean stop, 2 for invalid settings,
+app/supervision/supervisor.py). Exit status: 0 after a clean stop, 2 for invalid settings,
 certificates or an unusable HTTP port, 3 when a model cannot be loaded, Granian's status
 when it fails.
 
@@ -20,7 +20,7 @@ import sys
 from app import acme, models, settings as settings_module, tls
 from app.http_redirect import Challenges, RedirectServer
 from app.logs import setup_logging
-from app.workers.supervisor import Supervisor
+from app.supervision.supervisor import Supervisor
 
 log = logging.getLogger("app.entrypoint")
 

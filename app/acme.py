@@ -16,7 +16,7 @@ server's ACME Renewal Information (ARI, when its directory offers ``renewalInfo`
 A failed order is retried after `FIRST_RETRY_SECONDS`, doubling up to `MAX_RETRY_SECONDS`;
 meanwhile the old certificate keeps serving. A new pair is written key first, then chain,
 each atomically; the supervisor notices the change, validates the pair and only then sends
-Granian SIGHUP (`app.workers.supervisor`). Until the first certificate exists the
+Granian SIGHUP (`app.supervision.supervisor`). Until the first certificate exists the
 supervisor does not start Granian, so HTTPS is never served with a wrong certificate.
 """
 

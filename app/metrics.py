@@ -40,7 +40,7 @@ from app.settings import Settings
 from app.workers.client import ping
 from app.workers.protocol import Pong
 from app.workers.registry import WORKERS
-from app.workers.supervisor import RESTARTS_SUFFIX, SERVING_CERT
+from app.supervision import rundir
 
 PREFIX = "reflector_gpu"
 UNMATCHED = "unmatched"
@@ -106,21 +106,6 @@ class _Families:
         yield from self.families
 
 
-def _restart_counts(run_dir: Path) -> dict[str, int]:
-    """Restarts per worker kind, summed over the supervisor's ``<kind>[-<n>].restarts`` files."""
-    counts: dict[str, int] = {}
-    for path in run_dir.glob(f"*{RESTARTS_SUFFIX}"):
-        kind = path.name.removesuffix(RESTARTS_SUFFIX)
-        base, dash, number = kind.rpartition("-")
-        if dash and number.isdigit():
-            kind = base
-        try:
-            counts[kind] = counts.get(kind, 0) + int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            continue
-    return counts
-
-
 async def worker_families(settings: Settings) -> list[Metric]:
     """Gauges and counters of every configured worker kind, from pinging each replica now."""
     up = GaugeMetricFamily(f"{PREFIX}_worker_up", "1 when the worker replica answers a ping, else 0", labels=["worker", "replica"])
@@ -142,7 +127,7 @@ async def worker_families(settings: Settings) -> list[Metric]:
         *(ping(settings, kind, replica, PING_TIMEOUT_SECONDS) for kind, count in configured for replica in range(count))
     )
     answers = iter(pongs)
-    restart_counts = _restart_counts(settings.run_dir)
+    restart_counts = rundir.restart_counts(settings)
     for kind, count in configured:
         replies: list[Pong] = []
         for replica in map(str, range(count)):
@@ -167,7 +152,7 @@ _cert_cache: dict[Path, tuple[tuple[int, int, int], float]] = {}
 
 def certificate_family(settings: Settings) -> list[Metric]:
     """The serving certificate's notAfter as a Unix time (s); nothing when TLS is off."""
-    path = settings.run_dir / SERVING_CERT
+    path = rundir.serving_cert(settings)
     stamp = tls.file_stamp(path)
     if stamp is None:
         return []

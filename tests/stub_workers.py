@@ -34,7 +34,7 @@ from litestar.testing import TestClient
 
 from app.settings import Settings
 from app.workers.protocol import Pong
-from app.workers.registry import socket_path
+from app.supervision.rundir import socket_path
 from app.workers.server import WorkerServer
 
 API_KEY = "stub-key-0123456789"

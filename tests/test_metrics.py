@@ -20,13 +20,15 @@ from cryptography import x509
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import settings as settings_module
 from app import tls
 from app.main import create_app
 from app.settings import Settings, load
 from app.workers.audio import AudioEngine
-from app.workers.registry import socket_path
+from app.supervision.rundir import socket_path
 from app.workers.server import WorkerServer
-from app.workers.supervisor import SERVING_CERT, Child, Supervisor
+from app.supervision import rundir
+from app.supervision.supervisor import Child, Supervisor
 from tests.conftest import API_KEY, Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +78,7 @@ def scrape(client: TestClient) -> str:
 
 
 def test_every_metric_is_named_and_the_certificate_expiry_is_the_served_one(state_dir: Path, cert_dir: Path) -> None:
-    shutil.copyfile(cert_dir / "server.pem", state_dir / "run" / SERVING_CERT)
+    shutil.copyfile(cert_dir / "server.pem", rundir.serving_cert(settings_for(state_dir)))
     with TestClient(create_app(settings_for(state_dir))) as client:
         text = scrape(client)
     names = {family.name for family in text_string_to_metric_families(text)}
@@ -219,7 +221,7 @@ def test_the_service_counts_a_transcription_across_its_processes(service: Servic
     assert audio == pytest.approx(30.0, abs=1.5)  # pyannote's sample.wav lasts 30 s
     for kind in ("whisper", "diarizer", "audio"):
         assert value(after, "reflector_gpu_worker_up", worker=kind, replica="0") == 1, kind
-    served = tls._load_chain(service.state_dir / "run" / SERVING_CERT)[0]
+    served = tls._load_chain(rundir.serving_cert(settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})))[0]
     assert value(after, "reflector_gpu_tls_certificate_expiry_timestamp_seconds") == served.not_valid_after_utc.timestamp()
     with service.client(key=None) as anonymous:
         assert anonymous.get("/metrics").status_code == 401

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.workers import supervisor as supervisor_module
-from app.workers.supervisor import MAX_BACKOFF_SECONDS, MODEL_LOAD_FAILED, Child, Supervisor
+from app.supervision import supervisor as supervisor_module
+from app.supervision.supervisor import MAX_BACKOFF_SECONDS, MODEL_LOAD_FAILED, Child, Supervisor
 from tests.conftest import ROOT
 from tests.stub_workers import make_settings
 
@@ -94,7 +94,7 @@ def test_children_get_a_tmpdir_inside_the_state_dir(supervisor: Supervisor, monk
 REAPER = textwrap.dedent(
     """
     import ctypes, os, subprocess, sys, time
-    from app.workers.supervisor import reap_orphans
+    from app.supervision.supervisor import reap_orphans
 
     PR_SET_CHILD_SUBREAPER = 36
     assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1) == 0

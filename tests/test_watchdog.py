@@ -17,8 +17,8 @@ import httpx
 import msgspec
 import pytest
 
-from app.workers.registry import socket_path
-from app.workers.watchdog import Watchdog, ping_blocking
+from app.supervision.rundir import socket_path
+from app.supervision.watchdog import Watchdog, ping_blocking
 from tests.conftest import running_service
 from tests.stub_workers import StubEngine
 

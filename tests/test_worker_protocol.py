@@ -148,7 +148,7 @@ class AudioStubEngine(StubEngine):
 def first_frame(settings, kind: str, request: msgspec.Struct) -> msgspec.Struct:
     """The first message a worker sends back for `request`, read off a raw connection."""
     from app.workers.protocol import Accepted, encode_frame, read_frame
-    from app.workers.registry import socket_path
+    from app.supervision.rundir import socket_path
 
     async def exchange() -> bytes | None:
         reader, writer = await asyncio.open_unix_connection(str(socket_path(settings, kind)))

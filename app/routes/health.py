@@ -12,7 +12,8 @@ from litestar.di import NamedDependency
 from app.settings import Settings
 from app.workers import client
 from app.workers.protocol import Pong
-from app.workers.registry import WORKERS, failed_marker
+from app.supervision.rundir import failed_marker
+from app.workers.registry import WORKERS
 
 ReplicaStatus = Literal["ready", "loading", "failed"]
 # A kind's state in /ready's `workers`: a `ReplicaStatus`, "not configured", or the line a

@@ -1,8 +1,11 @@
-"""Model workers: one subprocess per engine, each serving a Unix socket.
+"""The model workers' process: one subprocess per engine replica, each serving a Unix socket.
 
-`protocol` holds the framing and the messages every worker understands, `server` the loop a
-worker process runs, `client` what the HTTP side calls, `supervisor` what the entrypoint
-runs, `registry` the list of engines. One module per engine (`whisper`, ...) holds that
-engine's messages and its `Engine` class; heavy libraries are imported inside the engine's
-methods only, so the HTTP side can import the messages without torch.
+Worker side: `server` (the loop a worker process runs), `engine` (the `Engine` protocol an
+engine satisfies), `scheduler` (batching pieces of many jobs; policy only, no engine names),
+`devices`, `progress`, and one module per engine (`whisper`, `diarizer`, `translator`,
+`audio`), whose heavy libraries are imported inside the engine only.
+Shared with the HTTP side: `messages` (every request and result struct), `protocol` (the
+framing and the ping/pong/accepted/failure messages), `registry` (which engines run, how many
+replicas) and `client` (how the HTTP side calls a worker). The HTTP side imports nothing else
+from here; the supervisor that starts the workers is in `app.supervision`.
 """

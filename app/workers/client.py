@@ -22,7 +22,8 @@ import msgspec
 from app.errors import Unavailable, WorkerReplyInvalid, from_failure
 from app.settings import Settings
 from app.workers.protocol import Accepted, Failure, FrameTooLarge, Ping, Pong, encode_frame, read_frame
-from app.workers.registry import socket_path, spec
+from app.supervision.rundir import socket_path
+from app.workers.registry import spec
 
 _R = TypeVar("_R", bound=msgspec.Struct)
 _turns = itertools.count()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings
+from app.supervision.rundir import socket_path
 from app import models
 
 # Recording-only work (diarization, pad and mixdown, the Whisper worker's recording lanes
@@ -55,16 +56,6 @@ def spec(kind: str) -> WorkerSpec:
         if worker.kind == kind:
             return worker
     raise KeyError(kind)
-
-
-def socket_path(settings: Settings, kind: str, replica: int = 0) -> Path:
-    """Where replica `replica` of the `kind` worker listens: ``<state>/run/<kind>-<replica>.sock``."""
-    return settings.run_dir / f"{kind}-{replica}.sock"
-
-
-def failed_marker(settings: Settings, kind: str, replica: int = 0) -> Path:
-    """The file the supervisor writes while that replica is down after a crash."""
-    return settings.run_dir / f"{kind}-{replica}.failed"
 
 
 def replica_sockets(settings: Settings, kind: str) -> list[Path]:

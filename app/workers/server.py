@@ -32,7 +32,8 @@ from app.logs import setup_logging
 from app.workers import devices
 from app.workers.engine import Engine
 from app.workers.protocol import Accepted, Failure, Ping, encode_frame, read_frame
-from app.workers.registry import socket_path, spec
+from app.supervision.rundir import socket_path
+from app.workers.registry import spec
 from app.workers.scheduler import Job, RealTimeFactor
 
 log = logging.getLogger("app.worker")

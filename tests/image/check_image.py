@@ -58,7 +58,7 @@ RUN_FLAGS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", 
 APP_UID = 10001  # the image's user (Containerfile: APP_UID)
 READY_SECONDS = 240.0
 STOP_LIMIT_SECONDS = 10.0
-CERT_POLL_SECONDS = 5.0  # app.workers.supervisor.CERT_POLL_SECONDS
+CERT_POLL_SECONDS = 5.0  # app.supervision.supervisor.CERT_POLL_SECONDS
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

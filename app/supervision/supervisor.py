@@ -37,12 +37,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from app import results, tls
 from app.settings import Settings
-from app.workers.registry import WORKERS, failed_marker, socket_path
-from app.workers.watchdog import Watchdog
+from app.supervision import rundir
+from app.supervision.rundir import failed_marker, metrics_dir, socket_path
+from app.supervision.watchdog import Watchdog
+from app.workers.registry import WORKERS
 
 log = logging.getLogger("app.supervisor")
 
@@ -57,14 +58,6 @@ WORKER_STOP_SECONDS = 2.0
 CERT_POLL_SECONDS = 5.0
 FIRST_CERT_POLL_SECONDS = 0.2  # while Granian waits for the first ACME certificate
 MAX_BACKOFF_SECONDS = 30.0
-SERVING_CERT, SERVING_KEY = "tls-cert.pem", "tls-key.pem"  # Granian's copies in the run directory
-RESTARTS_SUFFIX = ".restarts"  # <run>/<child name>.restarts: how often it was restarted (for /metrics)
-
-
-def metrics_dir(settings: Settings) -> Path:
-    """``<state>/run/metrics``: prometheus-client's multiprocess files, one set per Granian
-    worker process (``PROMETHEUS_MULTIPROC_DIR``), made empty at each start."""
-    return settings.run_dir / "metrics"
 
 
 @dataclass
@@ -183,8 +176,7 @@ class Supervisor:
     def _install_certificate(self) -> None:
         """Copy the validated pair into the run directory; Granian only ever reads these copies."""
         assert self.source is not None
-        run = self.settings.run_dir
-        cert, key = run / SERVING_CERT, run / SERVING_KEY
+        cert, key = rundir.serving_cert(self.settings), rundir.serving_key(self.settings)
         shutil.copyfile(self.source.cert, cert.with_suffix(".tmp"))
         cert.with_suffix(".tmp").replace(cert)
         tls.write_private(key, self.source.key.read_bytes())
@@ -318,9 +310,7 @@ class Supervisor:
             worker.name, code, worker.restarts, worker.backoff,
         )
         marker.write_text(f"exited with status {code}\n")
-        counter = self.settings.run_dir / f"{worker.kind}-{worker.replica}{RESTARTS_SUFFIX}"  # read by /metrics
-        counter.with_suffix(".tmp").write_text(f"{worker.restarts}\n")
-        counter.with_suffix(".tmp").replace(counter)
+        rundir.write_restarts(self.settings, worker.kind, worker.replica, worker.restarts)  # read by /metrics
         socket.unlink(missing_ok=True)
         worker.process = None
         worker.ready_once = False

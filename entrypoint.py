@@ -1,8 +1,8 @@
 """The service's process entry, in the image and locally (``.venv/bin/python entrypoint.py``).
 
 Reads the settings once, prepares the TLS material, starts the plain-HTTP listener
-(`app.http_redirect`) and, with ``REFLECTOR_GPU_TLS=acme``, the certificate manager
-(`app.acme`) as threads, then runs the supervisor, which starts the model workers and
+(`app.tls.redirect`) and, with ``REFLECTOR_GPU_TLS=acme``, the certificate manager
+(`app.tls.acme`) as threads, then runs the supervisor, which starts the model workers and
 Granian as children and stays alive as the root of the process tree (see
 app/supervision/supervisor.py). Exit status: 0 after a clean stop, 2 for invalid settings,
 certificates or an unusable HTTP port, 3 when a model cannot be loaded, Granian's status
@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from app import acme, models, settings as settings_module, tls
-from app.http_redirect import Challenges, RedirectServer
+from app import models, settings as settings_module, tls
+from app.tls import acme
+from app.tls.redirect import Challenges, RedirectServer
 from app.logs import setup_logging
 from app.supervision.supervisor import Supervisor
 

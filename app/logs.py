@@ -7,7 +7,7 @@ Two formats (``REFLECTOR_GPU_LOG_FORMAT``), the same fields in both:
   ``extra={"fields": {...}}`` (e.g. a job's progress), and ``exception`` (the traceback).
 
 The request id lives in a context variable (`request_id`), set by
-`app.request_id.RequestIdMiddleware` for the duration of one HTTP request, so every line
+`app.http.request_id.RequestIdMiddleware` for the duration of one HTTP request, so every line
 logged while handling it carries the id, whichever logger wrote it. Nothing here logs
 transcript text, request bodies or query strings: callers pass only what an operator needs.
 """

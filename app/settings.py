@@ -51,7 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     certificate and key).
 
     API keys: `apikeys` from ``REFLECTOR_GPU_APIKEY`` (comma-separated) and the ``name key``
-    lines of `apikeys_file`, re-read when it changes (`app.auth`). `http_port` 0 means no
+    lines of `apikeys_file`, re-read when it changes (`app.http.auth`). `http_port` 0 means no
     plain-HTTP listener.
     `orphan_seconds`: how long a recording's job goes on after its client left;
     `result_ttl_seconds` / `result_store_bytes`: the result store's bounds (`app.results`).

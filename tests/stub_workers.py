@@ -4,7 +4,7 @@ Nothing here loads a model. `StubWorkers` serves engines through the real
 `app.workers.server.WorkerServer` on the real socket path (``<state>/run/<kind>-0.sock``), on
 an asyncio loop in a background thread, so requests go through the real client, framing,
 queue limit and failure mapping; only the engine is a stand-in. `app_client` is Litestar's
-test client on `app.main.create_app(settings)` (all middlewares included).
+test client on `app.http.main.create_app(settings)` (all middlewares included).
 
 Use from a test module::
 
@@ -178,7 +178,7 @@ def workers(stub_settings: Settings) -> Iterator[StubWorkers]:
 
 def open_client(settings: Settings, key: str | None = API_KEY) -> TestClient:
     """A Litestar test client on ``create_app(settings)``; `key` None sends no Authorization."""
-    from app.main import create_app
+    from app.http.main import create_app
 
     client = TestClient(create_app(settings), raise_server_exceptions=False)
     if key:

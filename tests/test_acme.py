@@ -22,8 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app import settings as settings_module
 from app import tls
-from app.acme import store_dir
-from app.http_redirect import Challenges, RedirectServer, redirect_location
+from app.tls.acme import store_dir
+from app.tls.redirect import Challenges, RedirectServer, redirect_location
 from tests import pebble as pebble_module
 from tests.conftest import Service, free_port, start_service, strict_context
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from app import auth
+from app.http import auth
 from app import settings as settings_module
-from app.main import create_app
+from app.http.main import create_app
 
 SAME_LANGUAGE = "/translate?text=hi&source_language=en&target_language=en"  # keyed, answered without a model
 

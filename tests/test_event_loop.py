@@ -14,7 +14,7 @@ from litestar.datastructures import UploadFile
 
 from app import results
 from app import settings as settings_module
-from app.routes import recording, transcription
+from app.http.routes import recording, transcription
 
 TICK_SECONDS = 0.005
 MAX_GAP_SECONDS = 0.1

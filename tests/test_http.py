@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 from app.errors import FAILURE_KINDS, ClientGone, ServiceError, Unauthorized
-from app.main import build_app
-from app.middleware import RequestBody
+from app.http.main import build_app
+from app.http.middleware import RequestBody
 from app.workers.messages import TranscribeRequest, Transcript, TranslateRequest, Translation, Word
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, encode_frame
 from tests.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
@@ -56,7 +56,7 @@ def test_key_is_required_except_on_open_routes(stub_settings, workers) -> None:
 
 def test_an_unknown_open_route_name_is_reported_at_start(stub_settings, caplog, monkeypatch) -> None:
     """A misspelt name in REFLECTOR_GPU_OPEN_ROUTES opens nothing; the log says so and lists the names."""
-    monkeypatch.setattr("app.main.setup_logging", lambda *args: None)  # keep caplog's handler
+    monkeypatch.setattr("app.http.main.setup_logging", lambda *args: None)  # keep caplog's handler
     with caplog.at_level(logging.WARNING, logger="app.http"):
         build_app(make_settings(stub_settings.state_dir, open_routes=frozenset({"translat", "translate"})))
     [record] = [r for r in caplog.records if "OPEN_ROUTES" in r.getMessage()]
@@ -240,7 +240,7 @@ def test_request_body_turns_an_early_disconnect_into_client_gone() -> None:
 @pytest.fixture
 def asgi_app(stub_settings):
     """The bare ASGI app (built in set-up: `create_app` sets up logging, which would drop caplog's handler)."""
-    from app.main import create_app
+    from app.http.main import create_app
 
     return create_app(stub_settings)
 

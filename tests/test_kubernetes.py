@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app import metrics
+from app.http import metrics
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 
 from app.audio.pad import pad_file
 from app.logs import setup_logging
-from app.main import create_app
+from app.http.main import create_app
 from app.settings import load
 from app.workers.progress import ProgressLog
 from tests.conftest import API_KEY, write_wav

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import settings as settings_module
 from app import tls
-from app.main import create_app
+from app.http.main import create_app
 from app.settings import Settings, load
 from app.workers.audio import AudioEngine
 from app.supervision.rundir import socket_path
@@ -124,7 +124,7 @@ def test_access_per_setting(state_dir: Path, access: str, without_key: int, with
 _COUNT_ONE_REQUEST = """
 import sys
 from litestar.testing import TestClient
-from app.main import create_app
+from app.http.main import create_app
 from app.settings import load
 settings = load({"REFLECTOR_GPU_STATE_DIR": sys.argv[1], "REFLECTOR_GPU_METRICS": "open"})
 with TestClient(create_app(settings)) as client:

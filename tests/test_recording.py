@@ -100,7 +100,7 @@ async def _leaving_client(app, body: bytes, started: threading.Event) -> int:
 
 
 def test_a_recording_job_outlives_its_client_and_the_retry_collects_it(workers, stub_settings, audio_server) -> None:
-    from app.main import create_app
+    from app.http.main import create_app
 
     release = threading.Event()
     cancelled: list[bool] = []
@@ -134,7 +134,7 @@ def test_a_recording_job_outlives_its_client_and_the_retry_collects_it(workers, 
 
 
 def test_orphan_seconds_zero_cancels_at_once(workers, stub_settings, audio_server) -> None:
-    from app.main import create_app
+    from app.http.main import create_app
 
     release = threading.Event()
     cancelled: list[bool] = []

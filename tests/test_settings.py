@@ -55,7 +55,7 @@ def test_entrypoint_refuses_bad_settings_and_missing_model(tmp_path: Path) -> No
 
 def test_http_side_imports_no_model_library() -> None:
     code = (
-        "import sys, app.main; app.main.create_app(); "
+        "import sys, app.http.main; app.http.main.create_app(); "
         "print(sorted(m for m in ('torch', 'faster_whisper', 'ctranslate2', 'pyannote', 'transformers', 'onnxruntime') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)

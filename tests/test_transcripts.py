@@ -143,7 +143,7 @@ def test_empty_transcript_gives_empty_subtitles() -> None:
 
 
 def test_model_names_for_a_client() -> None:
-    from app.routes.models import model_names
+    from app.http.routes.models import model_names
 
     assert model_names("tiny.en") == ["whisper-1", "tiny.en"]
     assert model_names("/models/faster-whisper-large-v3") == ["whisper-1", "faster-whisper-large-v3"]

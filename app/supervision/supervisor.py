@@ -1,7 +1,7 @@
 """The entrypoint's process tree: model workers and Granian, supervised.
 
 The supervisor starts one process per configured engine (``python -m app.workers.server
-KIND``) and Granian serving `app.main:create_app`, then watches them:
+KIND``) and Granian serving `app.http.main:create_app`, then watches them:
 - each engine runs as one or more replicas (``REFLECTOR_GPU_WHISPER_REPLICAS``, ...), each
   its own process (``python -m app.workers.server KIND INDEX``);
 - a worker that exits is restarted with exponential back-off (1 s doubling to 30 s); the
@@ -22,7 +22,7 @@ KIND``) and Granian serving `app.main:create_app`, then watches them:
 - certificate files an operator provides are polled; a changed pair is validated
   (`app.tls.check_pair`), copied to the run directory Granian reads from, and Granian gets
   SIGHUP to reload its workers. An invalid pair is logged and ignored: the old one serves on;
-- with ``REFLECTOR_GPU_TLS=acme`` Granian starts only once `app.acme` has stored a valid
+- with ``REFLECTOR_GPU_TLS=acme`` Granian starts only once `app.tls.acme` has stored a valid
   certificate (the workers load meanwhile), so HTTPS never answers with a wrong one.
 """
 
@@ -203,7 +203,7 @@ class Supervisor:
             ]
             if s.tls_client_ca is not None:  # mTLS: no handshake without a certificate it signed
                 argv += ["--ssl-ca", str(s.tls_client_ca), "--ssl-client-verify"]
-        return [*argv, "app.main:create_app"]
+        return [*argv, "app.http.main:create_app"]
 
     # -- running ----------------------------------------------------------------------
     def run(self) -> int:

@@ -6,7 +6,7 @@ path. Answer: ``{"diarization": [{"start", "end", "speaker"}, ...]}``, times in 
 rounded to 3 decimals and shifted by `timestamp`, speakers as integers. Optional
 speaker-count hints (Reflector sends none): `num_speakers`, or `min_speakers` and/or
 `max_speakers`, integers from 1 to `MAX_SPEAKERS`. The job outlives a client's time-out
-and its result is kept for the retry (`app.routes.recording`).
+and its result is kept for the retry (`app.http.routes.recording`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
 from app.errors import BadRequest
-from app.routes.recording import Recording, served
+from app.http.routes.recording import Recording, served
 from app.schemas import TimestampOffsetQuery, Turn, public_turns
 from app.settings import Settings
 from app.workers import client

@@ -25,7 +25,7 @@ from litestar.params import JSONBody, Parameter
 
 from app.errors import BadRequest, PayloadTooLarge
 from app.languages import load_table
-from app.routes import JSON_BODY_LIMIT_BYTES
+from app.http.routes import JSON_BODY_LIMIT_BYTES
 from app.settings import Settings
 from app.workers import client
 from app.workers.messages import TranslateRequest, Translation

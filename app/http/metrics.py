@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app import tls
-from app.middleware import HttpMiddleware, StatusRecorder
+from app.http.middleware import HttpMiddleware, StatusRecorder
 from app.settings import Settings
 from app.workers.client import ping
 from app.workers.protocol import Pong
@@ -194,7 +194,7 @@ def routes(settings: Settings) -> list[HTTPRouteHandler]:
 
     @get("/metrics", name="metrics", opt={"open": settings.metrics == "open"}, include_in_schema=False)
     async def metrics_endpoint(settings: NamedDependency[Settings]) -> Response[bytes]:
-        """Prometheus text format; see app/metrics.py."""
+        """Prometheus text format; see app/http/metrics.py."""
         return Response(await exposition(settings), media_type=CONTENT_TYPE)
 
     return [metrics_endpoint]

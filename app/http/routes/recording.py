@@ -34,7 +34,7 @@ from app import results
 from app.audio.fetch import download
 from app.errors import ServiceError, Unavailable
 from app.results import Entry, KeyLock, ResultStore
-from app.routes.disconnect import ClientWatch
+from app.http.routes.disconnect import ClientWatch
 from app.settings import Settings
 from app.workers import client
 

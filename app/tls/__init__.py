@@ -1,5 +1,8 @@
 """TLS material: an internal CA and server certificates (cryptography), loading and checks.
 
+The package also holds `acme` (certificates from an ACME CA over HTTP-01) and `redirect`
+(the plain-HTTP listener: ACME challenges and redirects to HTTPS).
+
 Everything made here verifies under Python's strict X.509 checks (`ssl.VERIFY_X509_STRICT`):
 the CA has critical BasicConstraints(ca=True) and KeyUsage keyCertSign; a server certificate
 has a SAN, ExtendedKeyUsage serverAuth, and Subject/Authority Key Identifiers. Keys are

@@ -1,6 +1,6 @@
 """The HTTP application: routes, authentication, errors as JSON, one log line per request.
 
-Granian imports `create_app` (``--factory app.main:create_app``) in each HTTP worker. The
+Granian imports `create_app` (``--factory app.http.main:create_app``) in each HTTP worker. The
 settings are read once per process; the models live in worker processes reached through
 `app.workers.client`, so restarting an HTTP worker reloads no model.
 """
@@ -18,13 +18,14 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp
 from multipart import ParserLimitReached
 
-from app import metrics, settings as settings_module
-from app.auth import DOCS_PATH, require_api_key
+from app import settings as settings_module
+from app.http import metrics
+from app.http.auth import DOCS_PATH, require_api_key
 from app.errors import ServiceError
 from app.logs import setup_logging
-from app.middleware import AccessLog, HeadAsGet, RequestBody
-from app.request_id import RequestIdMiddleware
-from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
+from app.http.middleware import AccessLog, HeadAsGet, RequestBody
+from app.http.request_id import RequestIdMiddleware
+from app.http.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -115,8 +116,8 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     """The ASGI application Granian serves: `build_app` inside the middlewares, outermost
-    first: request id (`app.request_id`, so the access line carries it), access log, HEAD as
-    GET (`app.middleware`), metrics (`app.metrics`, inside HEAD as GET so that it sees the
+    first: request id (`app.http.request_id`, so the access line carries it), access log, HEAD as
+    GET (`app.http.middleware`), metrics (`app.http.metrics`, inside HEAD as GET so that it sees the
     route Litestar matched), request body."""
     return RequestIdMiddleware(AccessLog(HeadAsGet(metrics.MetricsMiddleware(RequestBody(build_app(settings))))))
 

@@ -36,10 +36,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from app import tls
-from app.http_redirect import Challenges
+from app.tls.redirect import Challenges
 from app.settings import Settings
 
-log = logging.getLogger("app.acme")
+log = logging.getLogger("app.tls.acme")
 
 RENEW_FRACTION = 1 / 3  # renew when this fraction of the lifetime is left (as certbot does)
 FIRST_RETRY_SECONDS = 120.0  # Let's Encrypt allows 5 failed validations per name and hour

@@ -6,7 +6,7 @@ Each request downloads its inputs into ``<state>/tmp`` (`app.audio.fetch`), has 
 worker encode the output next to them (`app.workers.audio`), PUTs the output to
 ``output_url`` (`app.audio.upload`), and deletes every file it made, whatever happens. The
 encoding outlives a client's time-out and the encoded file is kept, so a retry only PUTs it
-to its own ``output_url`` (`app.routes.recording`).
+to its own ``output_url`` (`app.http.routes.recording`).
 Validation follows the API contract's 400 cases; an unreadable input is 400 with FFmpeg's
 reason, a download failure keeps fetch's status (404, 502, 504, 413), an upload failure is
 502 naming the PUT step.
@@ -28,9 +28,9 @@ from msgspec import Meta
 
 from app.audio.upload import check_output_url, upload
 from app.errors import BadRequest, PayloadTooLarge
-from app.routes import JSON_BODY_LIMIT_BYTES
-from app.routes.disconnect import while_connected
-from app.routes.recording import Recording, served
+from app.http.routes import JSON_BODY_LIMIT_BYTES
+from app.http.routes.disconnect import while_connected
+from app.http.routes.recording import Recording, served
 from app.schemas import Mp3Rate, TrackOffset, TrackStart, Url
 from app.settings import Settings
 from app.workers import client

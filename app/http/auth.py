@@ -31,7 +31,7 @@ from app import tls
 from app.errors import Unauthorized
 from app.settings import Settings
 
-log = logging.getLogger("app.auth")
+log = logging.getLogger("app.http.auth")
 
 DOCS_PATH = "/docs"
 # Reflector sends each route's key from its own setting; its `setup-selfhosted.sh --hosted`

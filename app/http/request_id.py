@@ -14,7 +14,7 @@ import uuid
 from litestar.types import Message, Receive, Scope, Send
 
 from app.logs import request_id
-from app.middleware import HttpMiddleware
+from app.http.middleware import HttpMiddleware
 
 HEADER = b"x-request-id"
 _VALID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")

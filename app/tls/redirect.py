@@ -2,7 +2,7 @@
 
 A thread of the entrypoint (the standard library's threading HTTP server; no root needed:
 the image listens on 8080 and publishes it as 80). ``GET /.well-known/acme-challenge/<token>``
-answers the key authorization `app.acme` registered for that token (404 for any other
+answers the key authorization `app.tls.acme` registered for that token (404 for any other
 token); every other request, any method, gets ``308 Permanent Redirect`` to the same path
 and query on HTTPS, which keeps the method and body.
 
@@ -21,7 +21,7 @@ import threading
 
 from app.settings import Settings
 
-log = logging.getLogger("app.http_redirect")
+log = logging.getLogger("app.tls.redirect")
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 REQUEST_TIMEOUT_SECONDS = 10.0  # a client that sends nothing is dropped after this

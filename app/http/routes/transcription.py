@@ -30,11 +30,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
-from app.routes import JSON_BODY_LIMIT_BYTES, check_language
-from app.routes.disconnect import while_connected
-from app.routes.forms import BINARY, documented_operation, field
-from app.routes.models import OPENAI_ALIAS, check_model
-from app.routes.recording import Recording, served
+from app.http.routes import JSON_BODY_LIMIT_BYTES, check_language
+from app.http.routes.disconnect import while_connected
+from app.http.routes.forms import BINARY, documented_operation, field
+from app.http.routes.models import OPENAI_ALIAS, check_model
+from app.http.routes.recording import Recording, served
 from app.schemas import SpokenLanguage, TimestampOffset, Url
 from app.settings import Settings
 from app.transcripts.formats import (
@@ -418,7 +418,7 @@ async def transcriptions_from_url(
     mapped back to the original timeline plus ``timestamp_offset`` seconds. ``language``
     omitted or ``auto`` is detected. ``diarize``: speakers on words, plus speaker segments.
     The job outlives a client's time-out and its result is kept for the retry
-    (`app.routes.recording`).
+    (`app.http.routes.recording`).
     """
     if not data.audio_file_url.strip():
         raise BadRequest("audio_file_url is empty")

@@ -1,6 +1,6 @@
 """The ASGI middlewares around the whole Litestar app (routing errors such as 404 included).
 
-One class per job, outermost first as `app.main.create_app` stacks them:
+One class per job, outermost first as `app.http.main.create_app` stacks them:
 
 - `AccessLog`: one structured line per request: method, path (never the query string),
   status, milliseconds, audio seconds, the API key's name (never the key), and an error's
@@ -13,7 +13,7 @@ One class per job, outermost first as `app.main.create_app` stacks them:
   uploading sees the answer instead of a reset connection (HTTP/2 stream error, broken pipe).
 
 Handlers leave facts for the access line in ``scope["state"]``: ``audio_seconds`` (float),
-``key_name`` (the matching API key's name, set by `app.auth`), ``error`` (an error's
+``key_name`` (the matching API key's name, set by `app.http.auth`), ``error`` (an error's
 detail, already free of secrets and transcript text) and ``result`` (``stored`` or
 ``attached``: answered from the result store or by a job already running).
 """
@@ -78,7 +78,7 @@ class AccessLog(HttpMiddleware):
         finally:
             audio = state.get("audio_seconds")
             error = state.get("error")
-            result = state.get("result")  # "stored" or "attached" (app.routes.recording)
+            result = state.get("result")  # "stored" or "attached" (app.http.routes.recording)
             access_log.info(
                 "method=%s path=%s status=%d duration_ms=%.0f audio_s=%s key=%s%s%s",
                 scope["method"],

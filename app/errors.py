@@ -1,6 +1,8 @@
 """Every failure the service can answer with, and the HTTP status each one maps to.
 
-One exception type per kind of failure, all of them in this module. Workers raise these
+One exception type per kind of failure, all of them in this module, in three families (as
+httpx groups its errors): `ClientFailure` (the request's fault, 4xx), `UpstreamFailure` (a
+remote URL's, 502/504/404) and `WorkerFailure` (this host's, 5xx). Workers raise these
 too: the worker server sends a `Failure(kind=<class name>, detail=...)` message and the HTTP
 side re-raises the same class through the explicit `FAILURE_KINDS` table (`from_failure`),
 so the status code is decided here and only here.
@@ -26,7 +28,27 @@ class ServiceError(Exception):
         self.retry_after = retry_after
 
 
-class BadRequest(ServiceError):
+class ClientFailure(ServiceError):
+    """The family of failures the request itself caused: fix the request, then send it again (4xx)."""
+
+    status = 400
+
+
+class UpstreamFailure(ServiceError):
+    """The family of failures of a remote URL the request named (an audio download, a
+    presigned upload) (5xx, or 404 for a missing source)."""
+
+    status = 502
+
+
+class WorkerFailure(ServiceError):
+    """The family of failures on this host's side: a worker busy, restarting, failed or
+    unconfigured; retrying later may succeed (5xx)."""
+
+    status = 503
+
+
+class BadRequest(ClientFailure):
     """The request is malformed or asks for something this host cannot do (400)."""
 
     status = 400
@@ -36,55 +58,64 @@ class InvalidAudio(BadRequest):
     """The bytes are not decodable audio, or hold no audio stream (400)."""
 
 
-class ClientGone(ServiceError):
+class ClientGone(ClientFailure):
     """The client disconnected before the answer; logged as 499 (nginx's code), never sent."""
 
     status = 499
 
 
-class Unauthorized(ServiceError):
+class Unauthorized(ClientFailure):
     """Missing or wrong API key (401, with ``WWW-Authenticate: Bearer``)."""
 
     status = 401
 
 
-class SourceNotFound(ServiceError):
+class SourceNotFound(UpstreamFailure):
     """The audio URL answered 404 (404)."""
 
     status = 404
 
 
-class PayloadTooLarge(ServiceError):
+class PayloadTooLarge(ClientFailure):
     """An upload, download, text or audio duration is over its configured limit (413)."""
 
     status = 413
 
 
-class UpstreamError(ServiceError):
+class UpstreamError(UpstreamFailure):
     """A remote URL failed: refused, DNS, TLS, an HTTP error, a redirect loop (502)."""
 
     status = 502
 
 
-class Unavailable(ServiceError):
+class Unavailable(WorkerFailure):
     """A worker is busy, restarting, died while holding the request, or not configured (503)."""
 
     status = 503
 
 
-class UpstreamTimeout(ServiceError):
+class Cancelled(Unavailable):
+    """The client went away, so its job was stopped (503, which nobody reads). Raised by an
+    engine that sees its cancel event set, and by the worker server for a job whose
+    client left before or while it ran."""
+
+    def __init__(self, detail: str = "cancelled: the client went away", *, retry_after: int | None = None) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class UpstreamTimeout(UpstreamFailure):
     """A remote URL did not answer in time (504)."""
 
     status = 504
 
 
-class WorkerFailed(ServiceError):
+class WorkerFailed(WorkerFailure):
     """A worker raised something unexpected; the detail is the exception's type only (500)."""
 
     status = 500
 
 
-class WorkerReplyInvalid(ServiceError):
+class WorkerReplyInvalid(WorkerFailure):
     """A worker answered with a frame the HTTP side cannot read: over
     `app.workers.protocol.MAX_FRAME_BYTES`, not msgpack, or not a type the request expects
     (a worker of another version, say) (502)."""
@@ -92,7 +123,7 @@ class WorkerReplyInvalid(ServiceError):
     status = 502
 
 
-class ModelNotFound(ServiceError):
+class ModelNotFound(WorkerFailure):
     """Configured weights are missing; the detail names the setting and how to fix it (503)."""
 
     status = 503
@@ -105,6 +136,9 @@ FAILURE_KINDS: dict[str, type[ServiceError]] = {
     cls.__name__: cls
     for cls in (
         ServiceError,
+        ClientFailure,
+        UpstreamFailure,
+        WorkerFailure,
         BadRequest,
         InvalidAudio,
         ClientGone,
@@ -113,6 +147,7 @@ FAILURE_KINDS: dict[str, type[ServiceError]] = {
         PayloadTooLarge,
         UpstreamError,
         Unavailable,
+        Cancelled,
         UpstreamTimeout,
         WorkerFailed,
         WorkerReplyInvalid,

@@ -194,7 +194,7 @@ def test_a_long_pad_stops_soon_after_cancel(tmp_path):
 def test_an_output_removed_as_the_client_leaves_is_a_cancellation(tmp_path, monkeypatch):
     """The race the audio worker sees when a client hangs up at the very end of a job: the
     HTTP side has removed the output file and the hang-up lands after the last cancel check,
-    so closing the file fails (FileNotFoundError). The worker answers `Unavailable`
+    so closing the file fails (FileNotFoundError). The worker answers `Cancelled`
     (cancelled) without logging a traceback, and the engine leaves no file."""
     from app import settings as settings_module
     from app.audio import pipeline
@@ -216,5 +216,5 @@ def test_an_output_removed_as_the_client_leaves_is_a_cancellation(tmp_path, monk
     monkeypatch.setattr(pipeline.Encoder, "finish", client_leaves_then_finish)
     engine = AudioEngine(settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(tmp_path / "state")}))
     reply = WorkerServer(engine, 1)._start(PadRequest(source=str(source), output=str(output), start_time_seconds=1.0), cancel)
-    assert reply == Failure("Unavailable", "cancelled: the client went away")
+    assert reply == Failure("Cancelled", "cancelled: the client went away")  # a 503 (Unavailable) on the HTTP side
     assert not output.exists()

@@ -135,7 +135,7 @@ def test_custom_ca_trust(tmp_path, store_certs, payload, make_put_server):
     server = make_put_server(tls=(store_certs / "server.pem", store_certs / "server-key.pem"))
     url = server.url("a.webm")
     with pytest.raises(
-        UpstreamError, match=r"TLS verification failed; trust the store's CA with REFLECTOR_GPU_EXTRA_CA"
+        UpstreamError, match=r"TLS verification failed; trust its CA with REFLECTOR_GPU_EXTRA_CA"
     ):
         put(Settings(state_dir=tmp_path), url, payload)
     assert put(Settings(state_dir=tmp_path, extra_ca=(store_certs / "ca.crt",)), url, payload) > 0

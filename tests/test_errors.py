@@ -42,3 +42,16 @@ def test_a_failure_is_rebuilt_as_its_class_with_its_status() -> None:
 def test_an_unknown_kind_is_a_worker_failure() -> None:
     unknown = errors.from_failure("SomethingNewer", "detail")
     assert type(unknown) is errors.WorkerFailed and unknown.status == 500
+
+
+def test_failures_come_in_families_and_one_function_makes_every_reply() -> None:
+    from app.workers.server import failure_from
+
+    assert issubclass(errors.Cancelled, errors.Unavailable) and errors.Cancelled().status == 503
+    assert all(issubclass(cls, errors.ClientFailure) for cls in (errors.BadRequest, errors.InvalidAudio, errors.PayloadTooLarge))
+    assert all(issubclass(cls, errors.UpstreamFailure) for cls in (errors.SourceNotFound, errors.UpstreamError, errors.UpstreamTimeout))
+    assert all(issubclass(cls, errors.WorkerFailure) for cls in (errors.Unavailable, errors.WorkerFailed, errors.ModelNotFound))
+    assert failure_from(errors.PayloadTooLarge("big"), "audio").kind == "PayloadTooLarge"
+    assert failure_from(FileNotFoundError("gone"), "audio", cancelled=True).kind == "Cancelled"
+    failed = failure_from(ValueError("transcript text here"), "whisper")
+    assert (failed.kind, failed.detail) == ("WorkerFailed", "the whisper worker failed: ValueError")  # no message text

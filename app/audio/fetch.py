@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.audio.trust import ssl_context
-from app.errors import BadRequest, PayloadTooLarge, SourceNotFound, UpstreamError, UpstreamTimeout
+from app.audio.trust import MAX_REDIRECTS, outbound_error, ssl_context
+from app.errors import BadRequest, PayloadTooLarge, SourceNotFound, UpstreamError
 from app.settings import Settings
 
-MAX_REDIRECTS = 10
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -93,34 +92,15 @@ async def download(settings: Settings, url: str, digest: Any = None) -> Path:
                     if digest is not None:
                         digest.update(chunk)
         return path
-    except BaseException as exc:
+    except httpx.HTTPError as exc:
         path.unlink(missing_ok=True)
-        raise _translate(exc, where) from None
+        raise outbound_error(exc, f"downloading from {where}") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _too_large(host: str | None, limit: int) -> str:
     return f"the audio from {host} is larger than the {limit}-byte limit (REFLECTOR_GPU_MAX_DOWNLOAD_BYTES)"
 
 
-def _translate(exc: BaseException, host: str | None) -> BaseException:
-    """Map an httpx failure to this service's errors; other exceptions pass through."""
-    if isinstance(exc, httpx.TooManyRedirects):
-        return UpstreamError(f"the audio URL on {host} redirected more than {MAX_REDIRECTS} times")
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"the audio URL on {host} did not answer in time")
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return UpstreamError(f"the audio URL on {host} redirected to a URL that is not http(s)")
-    if isinstance(exc, httpx.InvalidURL):
-        return BadRequest(f"the audio URL is not valid: {exc}")
-    if isinstance(exc, httpx.ConnectError):
-        reason = str(exc) or type(exc).__name__
-        if "CERTIFICATE_VERIFY_FAILED" in reason:
-            return UpstreamError(
-                f"TLS verification failed for {host}: trust its CA with REFLECTOR_GPU_EXTRA_CA"
-            )
-        if "SSL" in reason:
-            return UpstreamError(f"TLS handshake with {host} failed (is it an https server?)")
-        return UpstreamError(f"cannot connect to {host}: {reason}")
-    if isinstance(exc, httpx.HTTPError):
-        return UpstreamError(f"downloading from {host} failed: {type(exc).__name__}")
-    return exc

@@ -29,7 +29,7 @@ import av
 import av.filter
 
 from app.audio.decode import container_seconds
-from app.errors import InvalidAudio, PayloadTooLarge, Unavailable
+from app.errors import Cancelled, InvalidAudio, PayloadTooLarge
 
 LAYOUT = "stereo"  # every job works and encodes in stereo, as the old service did
 GRAPH_FORMAT = "fltp"  # planar float between filters: sums above 1.0 survive until encoding
@@ -260,7 +260,7 @@ def run_graph(
         timeline. One input frame can yield hours of output (a long pad before it), so the
         output side looks at the cancel flag too."""
         if cancel is not None and cancel.is_set():
-            raise Unavailable("cancelled: the client went away")
+            raise Cancelled()
         if output is None and progress is not None and total and active:
             progress(min(position[i] for i in active) / rate, total)
 

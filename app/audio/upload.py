@@ -20,7 +20,8 @@ import anyio
 import httpx
 
 from app.audio.fetch import check_http_url, client
-from app.errors import UpstreamError, UpstreamTimeout
+from app.audio.trust import outbound_error
+from app.errors import UpstreamError
 from app.settings import Settings
 
 ATTEMPTS = 3  # one try and two retries
@@ -76,20 +77,13 @@ async def upload(settings: Settings, url: str, path: Path, content_type: str) ->
             attempts += 1
             try:
                 response = await http.put(url, content=body, headers=headers)
-            except httpx.TimeoutException:
-                raise UpstreamTimeout(f"{step} failed: the object store did not answer in time") from None
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                reason = str(exc) or type(exc).__name__
-                if "CERTIFICATE_VERIFY_FAILED" in reason:
-                    raise UpstreamError(
-                        f"{step} failed: TLS verification failed; trust the store's CA with "
-                        "REFLECTOR_GPU_EXTRA_CA or <REFLECTOR_GPU_TLS_DIR>/ca.crt"
-                    ) from None
-                connected = not isinstance(exc, httpx.ConnectError)
-                failure = f"the connection broke: {reason}" if connected else f"cannot connect: {reason}"
-                continue
             except httpx.HTTPError as exc:
-                raise UpstreamError(f"{step} failed: {type(exc).__name__}") from None
+                error = outbound_error(exc, step)
+                retryable = isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+                if not retryable or "TLS" in error.detail:
+                    raise error from None
+                failure = error.detail.removeprefix(f"{step} failed: ")
+                continue
             if response.status_code < 300:
                 return size
             failure = f"HTTP {response.status_code} {response.reason_phrase}{_store_says(response)}"

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.errors import Cancelled
+
 log = logging.getLogger("app.diarization.fast")
 
 SAMPLE_RATE = 16000  # Hz: segmentation-3.0 and CAM++ both expect 16 kHz mono
@@ -66,10 +68,6 @@ FRAME_STEP_S = 270 / SAMPLE_RATE
 POWERSET = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=np.uint8)
 ONNX_NAME = "embedding/campplus.onnx"
 SEGMENTATION_ONNX_NAME = "segmentation/segmentation.onnx"
-
-
-class Cancelled(Exception):
-    """Raised between (and inside) the pipeline's stages when `should_stop()` turns true."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +238,7 @@ class FastDiarizer:
         batch_size = self.options.segmentation_batch_size
         for first in range(0, len(starts), batch_size):
             if should_stop():
-                raise Cancelled
+                raise Cancelled()
             batch = np.zeros((len(starts[first:first + batch_size]), 1, CHUNK_SAMPLES), dtype=np.float32)
             for row, start in enumerate(starts[first:first + batch_size]):
                 piece = as_float(samples[start:start + CHUNK_SAMPLES])
@@ -332,7 +330,7 @@ class FastDiarizer:
 
         for group in _stretches(windows):
             if should_stop():
-                raise Cancelled
+                raise Cancelled()
             begin, finish = windows[group[0]][0], windows[group[-1]][1]
             first = int(round(begin * SAMPLE_RATE))
             audio = torch.from_numpy(as_float(samples[first:int(round(finish * SAMPLE_RATE))]))[None]
@@ -423,7 +421,7 @@ class FastDiarizer:
         embeddings = self.embed(samples, windows, should_stop)
         embedded = time.perf_counter()
         if should_stop():
-            raise Cancelled
+            raise Cancelled()
         labels = self.cluster(embeddings, hints)
         clustered = time.perf_counter()
         turns = self.turns(activity, count, windows, labels)

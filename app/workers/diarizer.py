@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from app.errors import Unavailable
+from app.errors import Cancelled
 from app.settings import Settings
 from app.workers.messages import Diarization, DiarizeRequest, Turn
 from app.workers.protocol import Pong
@@ -39,10 +39,6 @@ log = logging.getLogger("app.worker.diarizer")
 # is unset. 0.1 is pyannote's own default (best accuracy); on the CPU a coarser step keeps
 # long recordings inside Reflector's 600 s timeout (figures in bench/diarization.py).
 DEFAULT_STEP = {"cuda": 0.1, "cpu": 0.2}
-
-
-class _Cancelled(Exception):
-    """Raised from pyannote's progress hook when the client went away."""
 
 
 _NUMBER = re.compile(r"(\d+)$")
@@ -185,17 +181,14 @@ class DiarizerEngine:
         if self.fast is not None:
             import numpy as np
 
-            from app.diarization.fast import Cancelled, SpeakerHints
+            from app.diarization.fast import SpeakerHints
 
             samples = decode_compact(request.path, self.settings.max_audio_seconds, np.int16)  # 2 bytes/sample
             duration = len(samples) / SAMPLE_RATE
             if not samples.any():  # empty or digital silence
                 return Diarization(diarization=[], duration=round(duration, 3))
             hints = SpeakerHints(request.num_speakers, request.min_speakers, request.max_speakers)
-            try:
-                turns = self.fast(samples, hints, cancel.is_set)
-            except Cancelled:
-                raise Unavailable("cancelled: the client went away") from None
+            turns = self.fast(samples, hints, cancel.is_set)  # raises Cancelled when the client left
             segments = ((start, end, f"SPEAKER_{speaker:02d}") for start, end, speaker in turns)
             return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
 
@@ -206,14 +199,11 @@ class DiarizerEngine:
 
         def hook(*args, **kwargs) -> None:
             if cancel.is_set():
-                raise _Cancelled
+                raise Cancelled()  # pyannote's progress hook: the client went away
 
         hints = {name: getattr(request, name) for name in ("num_speakers", "min_speakers", "max_speakers")
                  if getattr(request, name) is not None}
-        try:
-            output = self.pipeline(audio, hook=hook, **hints)
-        except _Cancelled:
-            raise Unavailable("cancelled: the client went away") from None
+        output = self.pipeline(audio, hook=hook, **hints)
         annotation = getattr(output, "speaker_diarization", output)
         segments = ((segment.start, segment.end, label) for segment, _, label in annotation.itertracks(yield_label=True))
         return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))

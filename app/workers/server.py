@@ -27,7 +27,7 @@ from typing import Any, Union
 import msgspec
 
 from app import settings as settings_module
-from app.errors import ServiceError, Unavailable
+from app.errors import Cancelled, ServiceError, WorkerFailed
 from app.logs import setup_logging
 from app.workers import devices
 from app.workers.engine import Engine
@@ -46,6 +46,20 @@ def load_engine_class(path: str) -> type:
 
 
 PREPARE_THREADS = 2  # requests decoded and cut at once while batches run
+
+
+def failure_from(exc: BaseException, kind: str, cancelled: bool = False) -> Failure:
+    """The `Failure` reply for what a job of the `kind` worker raised: a `ServiceError` as
+    itself; anything else as `Cancelled` when the client had left (its leaving broke the
+    job: say, the HTTP side removed the output file under the encoder), else as
+    `WorkerFailed` naming only the exception's type, logged with its traceback."""
+    if not isinstance(exc, ServiceError):
+        if cancelled:
+            exc = Cancelled()
+        else:
+            log.error("%s job failed", kind, exc_info=exc)
+            exc = WorkerFailed(f"the {kind} worker failed: {type(exc).__name__}")
+    return Failure(type(exc).__name__, exc.detail, exc.retry_after)
 
 
 class ProgressEvent(threading.Event):
@@ -198,7 +212,7 @@ class WorkerServer:
 
     def _cancel(self, job: Job) -> None:
         """The client left: drop the job's queued pieces now."""
-        self.engine.scheduler.cancel(job, Unavailable("cancelled: the client went away"))
+        self.engine.scheduler.cancel(job, Cancelled())
 
     def _retry_after(self, backlog_seconds: float | None = None) -> int:
         """Seconds until the worker has room: the queued audio (or `backlog_seconds`) at the
@@ -223,19 +237,16 @@ class WorkerServer:
     def _reply(self, finished: asyncio.Future) -> msgspec.Struct:
         try:
             return finished.result()
-        except ServiceError as exc:
-            return Failure(type(exc).__name__, exc.detail, exc.retry_after)
-        except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
-            log.error("%s job failed", self.engine.kind, exc_info=exc)
-            return Failure("WorkerFailed", f"the {self.engine.kind} worker failed: {type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the client's reply
+            return failure_from(exc, self.engine.kind)
 
     def _start(self, request: Any, cancel: threading.Event, seconds: float = 0.0) -> msgspec.Struct | Job:
         """On an executor thread: run a plain engine's job (`seconds` of audio, timed for
         the real-time factor), or prepare and queue a scheduled engine's job (returning
         it; its future holds the result)."""
-        if cancel.is_set():
-            return Failure("Unavailable", "cancelled: the client went away")
         try:
+            if cancel.is_set():
+                raise Cancelled()
             if not self.scheduled:
                 started = time.monotonic()
                 result = self.engine.handle(request, cancel)
@@ -246,18 +257,11 @@ class WorkerServer:
             if job.priority != "live" and self._over_audio_limit(job.seconds, backlog):
                 return self._audio_limit_failure(backlog)
             if cancel.is_set():
-                return Failure("Unavailable", "cancelled: the client went away")
+                raise Cancelled()
             self.engine.scheduler.submit(job)
             return job
-        except ServiceError as exc:
-            return Failure(type(exc).__name__, exc.detail, exc.retry_after)
-        except Exception as exc:  # noqa: BLE001 - reported to the client, logged with traceback
-            if cancel.is_set():
-                # The client left, and its leaving broke the job (say, the HTTP side removed
-                # the output file under the encoder): a cancellation, not a failure to log.
-                return Failure("Unavailable", "cancelled: the client went away")
-            log.exception("%s job failed", self.engine.kind)
-            return Failure("WorkerFailed", f"the {self.engine.kind} worker failed: {type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the client's reply
+            return failure_from(exc, self.engine.kind, cancelled=cancel.is_set())
 
 
 async def _serve(server: WorkerServer, path: str) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import models
-from app.errors import BadRequest, ModelNotFound, Unavailable
+from app.errors import BadRequest, Cancelled, ModelNotFound, Unavailable
 from app.languages import Language, language_token, load_table
 from app.models import TRANSLATION_SETTING, hub
 from app.settings import Settings
@@ -359,7 +359,7 @@ class TranslatorEngine:
                 last = index == len(chunks) - 1
                 units.append((self._source_tokens(chunk, request.source, request.target), separator if last else " "))
         if cancel.is_set():
-            raise Unavailable("cancelled: the client went away")
+            raise Cancelled()
         prefix = [self.support.targets[request.target]] if self.family in ("m2m100", "nllb") else None
         longest = max(len(tokens) for tokens, _ in units)
         results = self.translator.translate_batch(

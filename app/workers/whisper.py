@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app import models
-from app.errors import BadRequest, ModelNotFound, Unavailable
+from app.errors import BadRequest, Cancelled, ModelNotFound
 from app.models import hub
 from app.settings import Settings
 from app.workers import devices
@@ -334,7 +334,7 @@ class WhisperEngine:
         """Prepare `request` and queue its pieces; the future resolves to its `Transcript`."""
         job = self.prepare(request)
         if cancel.is_set():
-            raise Unavailable("cancelled: the client went away")
+            raise Cancelled()
         return self.scheduler.submit(job)
 
     def audio_seconds(self, request: TranscribeRequest) -> None:

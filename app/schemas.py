@@ -46,6 +46,8 @@ SpokenLanguage = Annotated[
     ),
 ]
 Url = Annotated[str, Meta(max_length=MAX_URL_CHARS, description="an absolute http:// or https:// URL")]
+# The same bound for a query parameter (/diarize's audio_file_url).
+UrlQuery = Annotated[str, Parameter(max_length=MAX_URL_CHARS, description="an absolute http:// or https:// URL")]
 TrackStart = Annotated[
     float,
     Meta(gt=0, le=MAX_TRACK_START_SECONDS, description="seconds of silence before the track (0 < s <= 18000)"),

@@ -110,6 +110,7 @@ def test_diarize_missing_url_is_400(app_client) -> None:
     [
         ({"audio_file_url": "http://127.0.0.1:99999/a.wav"}, "absolute"),
         ({"audio_file_url": " "}, "audio_file_url is empty"),
+        ({"audio_file_url": "http://host/" + "a" * 20000}, "audio_file_url: Expected `str` of length <= 16384"),
         ({"audio_file_url": f"{CLOSED}/a.wav", "timestamp": "-5"}, "timestamp: Expected `float` >= 0.0"),
         ({"audio_file_url": f"{CLOSED}/a.wav", "timestamp": "nan"}, "timestamp: Expected `float` >= 0.0"),
         ({"audio_file_url": f"{CLOSED}/a.wav", "timestamp": "1e17"}, "timestamp: Expected `float` <= 10000000.0"),

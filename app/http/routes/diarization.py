@@ -20,7 +20,7 @@ from litestar.params import FromQuery
 
 from app.errors import BadRequest
 from app.http.routes.recording import Recording, served
-from app.schemas import TimestampOffsetQuery, Turn, public_turns
+from app.schemas import TimestampOffsetQuery, Turn, UrlQuery, public_turns
 from app.settings import Settings
 from app.workers import client
 from app.workers.messages import Diarization, DiarizeRequest
@@ -50,7 +50,7 @@ class DiarizationResult(msgspec.Struct):
 async def diarize(
     request: Request,
     settings: NamedDependency[Settings],
-    audio_file_url: FromQuery[str],
+    audio_file_url: UrlQuery,
     timestamp: TimestampOffsetQuery = 0.0,
     num_speakers: FromQuery[int | None] = None,
     min_speakers: FromQuery[int | None] = None,

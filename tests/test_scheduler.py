@@ -224,3 +224,23 @@ def test_a_lane_leaves_a_busy_lane_its_share_of_the_queue():
     assert sorted(name for _, names in batches for name in names) == ["a", "b", "c", "d"]
     assert len(batches) == 4
     scheduler.stop()
+
+
+def test_an_empty_job_is_finished_outside_the_lock_and_counted() -> None:
+    """`finish` may take a while (assembling a long transcript): other threads must be able
+    to take the scheduler's lock meanwhile; jobs are counted under the lock."""
+    seen: list[bool] = []
+    scheduler: Scheduler
+
+    def finish(job: Job) -> str:
+        other = threading.Thread(target=lambda: seen.append(scheduler._lock.acquire(timeout=0.5) and (scheduler._lock.release() or True)))
+        other.start()
+        other.join()
+        return "done"
+
+    scheduler = Scheduler(lambda pieces: [], finish, batch_size=2, name="whisper")
+    job = Job(priority="live", key="k")
+    assert scheduler.submit(job).result(5) == "done"
+    assert seen == [True] and scheduler.jobs_done == 1
+    assert job.progress is not None and job.progress.job == "whisper"  # named after its scheduler, not "transcription"
+    scheduler.stop()

@@ -96,7 +96,7 @@ class Job:
     seconds: float = 0.0
     seconds_done: float = 0.0
     cancelled: bool = False
-    progress: ProgressLog = field(default_factory=lambda: ProgressLog(log, "transcription"))
+    progress: ProgressLog | None = None  # set by `Scheduler.submit`, named after the scheduler
 
     def add(self, seconds: float, data: Any) -> Piece:
         """Append a piece of `seconds` of audio (call before `Scheduler.submit`)."""
@@ -135,6 +135,7 @@ class Scheduler:
         self.lane_nice = lane_nice
         self.finish = finish
         self.batch_size = batch_size
+        self.name = name
         self._lock = threading.Condition()
         self._live: collections.deque[Job] = collections.deque()
         self._recordings: collections.deque[Job] = collections.deque()
@@ -156,11 +157,15 @@ class Scheduler:
 
     # -- public ------------------------------------------------------------------------
     def submit(self, job: Job) -> Future:
-        """Queue `job`'s pieces; returns its future. A job with no pieces finishes at once."""
+        """Queue `job`'s pieces; returns its future. A job with no pieces finishes at once
+        (on the caller's thread, outside the lock: `finish` may take a while)."""
+        job.progress = job.progress or ProgressLog(log, self.name)
+        if job.total == 0:
+            with self._lock:
+                self.jobs_done += 1
+            self._finish(job)
+            return job.future
         with self._lock:
-            if job.total == 0:
-                self._complete(job)
-                return job.future
             (self._live if job.priority == "live" else self._recordings).append(job)
             self._queued_seconds += job.seconds
             self._lock.notify_all()
@@ -315,16 +320,16 @@ class Scheduler:
                 job.seconds_done += piece.seconds
                 if job.done:
                     finished.append(job)
-                else:
+                elif job.progress is not None:
                     job.progress.update(job.seconds_done, job.seconds)
+            self.jobs_done += len(failed) + len(finished)
         for job in failed.values():
-            self.jobs_done += 1
             job.future.set_exception(error)  # type: ignore[arg-type]
         for job in finished:
-            self._complete(job)
+            self._finish(job)
 
-    def _complete(self, job: Job) -> None:
-        self.jobs_done += 1
+    def _finish(self, job: Job) -> None:
+        """Assemble a job's answer with the engine's `finish` (outside the lock) into its future."""
         try:
             result = self.finish(job)
         except BaseException as exc:  # noqa: BLE001 - handed to the job's future

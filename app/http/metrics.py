@@ -40,6 +40,7 @@ from app.settings import Settings
 from app.workers.client import ping
 from app.workers.protocol import Pong
 from app.workers.registry import WORKERS
+from app.http.auth import DOCS_PATH
 from app.supervision import rundir
 
 PREFIX = "reflector_gpu"
@@ -67,11 +68,18 @@ AUDIO = Counter(f"{PREFIX}_audio_seconds", "Seconds of audio processed, by route
 
 
 def route_label(scope: Scope) -> str:
-    """The matched route's name (its path template when unnamed), or ``unmatched``."""
+    """The matched route's name (its path template when unnamed); ``docs`` for the API docs
+    and OpenAPI schema (whose handlers Litestar names with random ids); ``options`` for the
+    OPTIONS answers Litestar makes for every path; ``unmatched`` for a path no route serves."""
     handler = scope.get("route_handler")
     if handler is None:
         return UNMATCHED
-    return getattr(handler, "name", None) or scope.get("path_template") or UNMATCHED
+    if scope.get("method") == "OPTIONS":
+        return "options"
+    template = scope.get("path_template") or ""
+    if template == DOCS_PATH or template.startswith(DOCS_PATH + "/"):
+        return "docs"
+    return getattr(handler, "name", None) or template or UNMATCHED
 
 
 class MetricsMiddleware(HttpMiddleware):

@@ -99,13 +99,13 @@ def test_values_move_after_requests_and_labels_hold_no_path(state_dir: Path) -> 
             assert client.get("/health").status_code == 200
         assert client.get("/no/such/file.wav?token=secret").status_code == 404
         assert client.get("/docs/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
-        assert client.options("/diarize").status_code == 204 and client.options("/v1/models").status_code == 204
+        assert client.options("/diarize").status_code == 401 and client.options("/v1/models").status_code == 401  # keyed
         after = scrape(client)
     health = ("reflector_gpu_requests_total", {"route": "health", "status": "200"})
     assert (value(before, health[0], **health[1]) or 0) + 3 == value(after, health[0], **health[1])
     assert value(after, "reflector_gpu_requests_total", route="unmatched", status="404") == 1
     assert value(after, "reflector_gpu_requests_total", route="docs", status="200") == 2  # not Litestar's random names
-    assert value(after, "reflector_gpu_requests_total", route="options", status="204") == 2
+    assert value(after, "reflector_gpu_requests_total", route="options", status="401") == 2
     assert value(after, "reflector_gpu_request_duration_seconds_count", route="health") >= 3
     # The scrape itself was counted, after it was answered.
     assert value(after, "reflector_gpu_requests_total", route="metrics", status="200") >= 1

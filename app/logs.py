@@ -80,5 +80,18 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # libraries' warnings become records in the same format
     for noisy in ("httpx", "httpcore", "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def granian_log_config() -> dict[str, Any]:
+    """A logging configuration for Granian's ``--log-config`` that writes its own lines
+    (``Starting granian``, ``Listening at``, worker respawns) as `JsonFormatter` JSON on
+    stderr, like every other line of the service with ``REFLECTOR_GPU_LOG_FORMAT=json``.
+    Granian merges it over its defaults (the keys given replace its own)."""
+    handler = {"formatter": "json", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    return {
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"console": handler, "access": handler},
+    }

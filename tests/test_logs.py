@@ -137,3 +137,22 @@ def test_pad_reports_its_progress_through_the_audio_timeline(tmp_path: Path) -> 
     dones = [done for done, _ in calls]
     assert dones == sorted(dones) and dones[0] < 10 and dones[-1] > 35
 
+
+
+@pytest.mark.slow
+def test_every_line_of_the_service_is_json_granians_own_included(cert_dir: Path) -> None:
+    from tests.conftest import running_service
+
+    with running_service(cert_dir, REFLECTOR_GPU_LOG_FORMAT="json", REFLECTOR_GPU_WHISPER_MODEL="tiny.en") as service:
+        assert service.client().get("/v1/models").status_code == 200
+        text = service.log()
+    lines = [line for line in text.splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, not_json[:5]
+    loggers = {json.loads(line)["logger"] for line in lines}
+    assert "_granian" in loggers  # "Starting granian", "Listening at": Granian's own lines

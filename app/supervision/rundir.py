@@ -6,7 +6,8 @@ HTTP side share, named in one place.
 - ``<kind>-<i>.restarts``: how often the supervisor restarted it (read by ``/metrics``);
 - ``tls-cert.pem`` / ``tls-key.pem``: the validated pair Granian serves (copies the
   supervisor makes, so Granian never reads a half-written file);
-- ``metrics/``: prometheus-client's multiprocess files of the Granian workers.
+- ``metrics/``: prometheus-client's multiprocess files of the Granian workers;
+- ``granian-logging.json``: Granian's ``--log-config`` with ``REFLECTOR_GPU_LOG_FORMAT=json``.
 
 Imports nothing but the settings, so any process may import it cheaply.
 """
@@ -65,3 +66,8 @@ def metrics_dir(settings: Settings) -> Path:
     """``<run>/metrics``: prometheus-client's multiprocess files, one set per Granian worker
     process (``PROMETHEUS_MULTIPROC_DIR``), made empty at each start."""
     return settings.run_dir / "metrics"
+
+
+def granian_log_config(settings: Settings) -> Path:
+    """Granian's logging configuration file (JSON lines), written by the supervisor."""
+    return settings.run_dir / "granian-logging.json"

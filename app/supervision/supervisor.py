@@ -29,6 +29,7 @@ KIND``) and Granian serving `app.http.main:create_app`, then watches them:
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -38,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from app import results, tls
+from app import logs, results, tls
 from app.settings import Settings
 from app.supervision import rundir
 from app.supervision.rundir import failed_marker, metrics_dir, socket_path
@@ -195,6 +196,10 @@ class Supervisor:
             "--workers-kill-timeout", str(int(STOP_TIMEOUT_SECONDS)),
             "--log-level", s.log_level.lower(),
         ]
+        if s.log_format == "json":  # Granian's own lines as JSON too
+            config = rundir.granian_log_config(s)
+            config.write_text(json.dumps(logs.granian_log_config()))
+            argv += ["--log-config", str(config)]
         if self.serving is not None:
             argv += [
                 "--ssl-certificate", str(self.serving.cert),

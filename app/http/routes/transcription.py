@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, post
@@ -32,17 +31,14 @@ from litestar.params import JSONBody
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
 from app.http.routes import JSON_BODY_LIMIT_BYTES, check_language
 from app.http.routes.disconnect import while_connected
-from app.http.routes.forms import BINARY, documented_operation, field
-from app.http.routes.models import OPENAI_ALIAS, check_model
+from app.http.routes.models import check_model
 from app.http.routes.recording import Recording, served
-from app.schemas import SpokenLanguage, TimestampOffset, Url
+from app.schemas import ACCEPTED_EXTENSIONS, SpokenLanguage, TimestampOffset, TranslationForm, UploadForm, Url, multipart_operation
 from app.settings import Settings
 from app.transcripts.formats import (
-    RESPONSE_FORMATS,
     TEXT_FORMATS,
     Attributed,
     DiarizedTranscription,
-    Granularity,
     JsonTranscription,
     OutSegment,
     OutWord,
@@ -56,14 +52,9 @@ from app.transcripts.formats import (
 from app.workers import client
 from app.workers.messages import Diarization, DiarizeRequest, Task, TranscribeRequest, Transcript
 
-ACCEPTED_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm")
 COPY_CHUNK_BYTES = 1024 * 1024
 AUTO_LANGUAGE = "auto"
-# Whisper conditions on at most the last 223 tokens of a prompt (half its 448-token text
-# context, less one); 4096 characters is ten times that in any script, and bounds the
-# tokenizer's work per request.
-MAX_PROMPT_CHARS = 4096
-GRANULARITIES: tuple[str, ...] = Granularity.__args__  # type: ignore[attr-defined]
+_F = TypeVar("_F", bound=msgspec.Struct)
 
 class BatchTranscription(msgspec.Struct):
     """Several uploaded files' transcripts, in upload order, each in the asked JSON format
@@ -106,22 +97,28 @@ class UrlResult(msgspec.Struct, frozen=True):
     speakers: Attributed | None = None
 
 
-def _flag(form, name: str) -> bool:
-    """The boolean form field `name` (absent or empty: false); BadRequest for another word."""
-    value = form.get(name)
-    if not isinstance(value, str) or value == "":
-        return False
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise BadRequest(f"{name} must be true or false")
-
-
-def _text_field(form, name: str, default: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) and value.strip() else default
+def decode_form(form: Any, form_type: type[_F]) -> _F:
+    """The multipart `form`'s text fields as `form_type` (`app.schemas.UploadForm` or
+    `TranslationForm`), converted and checked by msgspec against the struct's types and
+    bounds. Empty fields take their defaults; a repeated field keeps its last value, except
+    ``timestamp_granularities[]`` (also accepted without the brackets), which is a list;
+    fields the struct does not name are ignored. Raises `BadRequest` naming the field."""
+    data: dict[str, Any] = {}
+    for name in set(form.keys()):
+        values = [v.strip() for v in form.getall(name, []) if isinstance(v, str) and v.strip()]
+        if not values:
+            continue
+        if name in ("timestamp_granularities[]", "timestamp_granularities"):
+            data.setdefault("timestamp_granularities[]", []).extend(values)
+        else:
+            data[name] = values[-1]
+    try:
+        return msgspec.convert(data, form_type, strict=False)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$.")
+        field = where.rstrip("`").split("[0", 1)[0] if where else ""
+        hint = " (true or false)" if message.startswith("Expected `bool`") else ""
+        raise BadRequest(f"{field}: {message}{hint}" if field else str(exc)) from None
 
 
 def _copy_upload(upload: UploadFile, settings: Settings) -> Path:
@@ -194,55 +191,6 @@ async def _transcribe(
     return transcript.result(), attribute(transcript.result(), diarization.result().diarization)
 
 
-class _UploadOptions(msgspec.Struct, frozen=True):
-    """The OpenAI form fields of one upload request, checked."""
-
-    response_format: str
-    granularities: tuple[str, ...]
-    language: str | None
-    prompt: str | None
-    temperature: float
-    diarize: bool
-
-
-def _upload_options(form, task: Task) -> _UploadOptions:
-    """Read and check the OpenAI fields; BadRequest names the field that is wrong."""
-    response_format = _text_field(form, "response_format", "json")
-    if response_format not in RESPONSE_FORMATS or (task == "translate" and response_format == "diarized_json"):
-        allowed = [f for f in RESPONSE_FORMATS if task == "transcribe" or f != "diarized_json"]
-        raise BadRequest(f"response_format must be one of {', '.join(allowed)} (got {response_format[:30]!r})")
-    granularities = []
-    for name in ("timestamp_granularities[]", "timestamp_granularities"):
-        for value in form.getall(name, []):
-            if not isinstance(value, str) or value.strip() not in GRANULARITIES:
-                raise BadRequest(f"timestamp_granularities[] values must be word or segment (got {str(value)[:30]!r})")
-            granularities.append(value.strip())
-    temperature_field = _text_field(form, "temperature", "0")
-    try:
-        temperature = float(temperature_field)
-    except ValueError:
-        temperature = math.nan
-    if not 0.0 <= temperature <= 1.0:
-        raise BadRequest(f"temperature must be a number between 0 and 1 (got {temperature_field[:30]!r})")
-    if _flag(form, "stream"):
-        raise BadRequest("stream=true is not supported: ask without stream for the whole transcript")
-    diarize = _flag(form, "diarize")
-    language, prompt = form.get("language"), form.get("prompt")
-    if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
-        raise BadRequest(
-            f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are accepted "
-            "(Whisper conditions on its last 223 tokens only)"
-        )
-    return _UploadOptions(
-        response_format=response_format,
-        granularities=tuple(granularities),
-        language=_language(language if isinstance(language, str) else None),
-        prompt=(prompt.strip() or None) if isinstance(prompt, str) else None,
-        temperature=temperature,
-        diarize=diarize or response_format == "diarized_json",
-    )
-
-
 async def _uploads(request: Request, settings: Settings, task: Task) -> Response | msgspec.Struct:
     """The shared body of the two upload routes: read the form, run every file, shape the answer."""
     try:
@@ -251,15 +199,16 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
         raise BadRequest("the multipart form has a field or file name that is not UTF-8") from None
     uploads = [u for u in form.getall("file", []) if isinstance(u, UploadFile)]
     many = [u for u in form.getall("files", []) if isinstance(u, UploadFile)]
-    batch = _flag(form, "batch")
-    if batch and not many:
+    options = decode_form(form, UploadForm if task == "transcribe" else TranslationForm)
+    if options.batch and not many:
         raise BadRequest("batch=true needs the audio in 'files'")
     uploads += many
     if not uploads:
         raise BadRequest("no audio: send the file as multipart field 'file' (or one or more 'files')")
-    options = _upload_options(form, task)
-    model = form.get("model")
-    check_model(settings, model if isinstance(model, str) else None)
+    if options.stream:
+        raise BadRequest("stream=true is not supported: ask without stream for the whole transcript")
+    language = _language(options.language)
+    check_model(settings, options.model)
     if len(uploads) > 1 and options.response_format in TEXT_FORMATS:
         raise BadRequest(f"response_format={options.response_format} answers one file; use a JSON format for several")
     results = []
@@ -272,13 +221,13 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
                         settings,
                         TranscribeRequest(
                             path=str(path),
-                            language=options.language,
+                            language=language,
                             task=task,
                             prompt=options.prompt,
                             temperature=options.temperature,
                             priority="live",
                         ),
-                        options.diarize,
+                        options.diarize or options.response_format == "diarized_json",
                     )
                     transcript, speakers = await while_connected(request, work)
             except ServiceError as exc:
@@ -301,7 +250,7 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
             options.response_format,
             task=task,
             filename=filename,
-            granularities=options.granularities,
+            granularities=tuple(options.timestamp_granularities),
             speakers=speakers,
         )
         for filename, transcript, speakers in results
@@ -311,59 +260,11 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
     return BatchTranscription(results=shaped)
 
 
-_COMMON_FIELDS = {
-    "file": field(BINARY, f"the audio; accepted extensions: {', '.join(ACCEPTED_EXTENSIONS)}"),
-    "files": field(
-        {"type": "array", "items": BINARY},
-        "one or more audio files (the field repeated); two or more answer {\"results\": [...]}",
-    ),
-    "model": field(
-        {"type": "string", "default": OPENAI_ALIAS},
-        "a name from GET /v1/models; any other name is accepted and ignored",
-    ),
-    "prompt": field(
-        {"type": "string", "maxLength": MAX_PROMPT_CHARS}, "text to condition every 30-s piece on (Whisper's initial prompt)"
-    ),
-    "temperature": field(
-        {"type": "number", "minimum": 0, "maximum": 1, "default": 0}, "sampling temperature; 0 is beam search"
-    ),
-    "batch": field({"type": "boolean", "default": False}, "accepted for Reflector; needs 'files'"),
-    "diarize": field(
-        {"type": "boolean", "default": False},
-        "give every word and segment a 'speaker' (an integer, as /diarize numbers them); "
-        "segments are cut where the speaker changes",
-    ),
-}
-_FORMAT_HELP = (
-    "json: {text, words, filename}; verbose_json: OpenAI's task, language, duration, text, "
-    "segments, words, plus filename; text: the text (text/plain); srt: SubRip (text/plain); "
-    "vtt: WebVTT (text/vtt)"
-)
-
-
 @post(
     "/v1/audio/transcriptions",
     name="transcriptions",
     status_code=200,
-    operation_class=documented_operation(
-        {
-            **_COMMON_FIELDS,
-            "language": field(
-                {"type": "string", "default": AUTO_LANGUAGE},
-                "the language spoken, such as en or fr; omitted or 'auto': detected from the audio",
-            ),
-            "response_format": field(
-                {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
-                _FORMAT_HELP + "; diarized_json: OpenAI's {task, duration, text, segments: "
-                "[{type, id, start, end, text, speaker}]} (implies diarize)",
-            ),
-            "timestamp_granularities[]": field(
-                {"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)}},
-                "verbose_json: 'segment' gives segments, 'word' gives words (neither: both)",
-            ),
-        },
-        text_media_types=("text/plain", "text/vtt"),
-    ),
+    operation_class=multipart_operation(UploadForm, text_media_types=("text/plain", "text/vtt")),
 )
 async def transcriptions(
     request: Request, settings: NamedDependency[Settings]
@@ -381,19 +282,7 @@ async def transcriptions(
     "/v1/audio/translations",
     name="translations",
     status_code=200,
-    operation_class=documented_operation(
-        {
-            **_COMMON_FIELDS,
-            "language": field(
-                {"type": "string"}, "the language spoken (optional; detected when omitted)"
-            ),
-            "response_format": field(
-                {"type": "string", "enum": [f for f in RESPONSE_FORMATS if f != "diarized_json"], "default": "json"},
-                _FORMAT_HELP,
-            ),
-        },
-        text_media_types=("text/plain", "text/vtt"),
-    ),
+    operation_class=multipart_operation(TranslationForm, text_media_types=("text/plain", "text/vtt")),
 )
 async def translations(
     request: Request, settings: NamedDependency[Settings]

@@ -13,101 +13,22 @@ from __future__ import annotations
 import datetime
 import html
 from collections.abc import Sequence
-from typing import Literal
 
 import msgspec
 
+from app.schemas.transcription import (
+    DiarizedSegment,
+    DiarizedTranscription,
+    JsonTranscription,
+    OutSegment,
+    OutWord,
+    Usage,
+    VerboseTranscription,
+)
 from app.transcripts.speakers import SpeakerSegment, SpeakerTurn, split_by_speaker, word_speakers
 from app.workers.messages import Segment, Task, Transcript
 
-ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
-RESPONSE_FORMATS: tuple[str, ...] = ResponseFormat.__args__  # type: ignore[attr-defined]
 TEXT_FORMATS = {"text": "text/plain; charset=utf-8", "srt": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
-Granularity = Literal["word", "segment"]
-
-
-class OutWord(msgspec.Struct, omit_defaults=True):
-    """One word with its leading space, as Whisper writes it; `speaker` only when diarized."""
-
-    word: str
-    start: float
-    end: float
-    speaker: int | None = None
-
-
-class OutSegment(msgspec.Struct, omit_defaults=True):
-    """One segment as OpenAI's ``verbose_json`` gives it, plus `speaker` when diarized.
-
-    `seek`: the segment's start in 10-ms frames (Whisper's unit). `tokens`: token ids (a
-    segment cut by a speaker change keeps them on its first part). `temperature`,
-    `avg_logprob`, `compression_ratio`, `no_speech_prob`: Whisper's decoding statistics.
-    """
-
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-    speaker: int | None = None
-
-
-class Usage(msgspec.Struct):
-    """What the request cost, as OpenAI reports it for Whisper: seconds of audio."""
-
-    seconds: float
-    type: Literal["duration"] = "duration"
-
-
-class JsonTranscription(msgspec.Struct, omit_defaults=True):
-    """``json`` (and the answer when `response_format` is absent): exactly Reflector's shape
-    ``{text, words, filename}``; words carry `speaker` when diarized."""
-
-    text: str
-    words: list[OutWord]
-    filename: str | None = None
-
-
-class VerboseTranscription(msgspec.Struct, omit_defaults=True):
-    """``verbose_json``: OpenAI's fields (`task`, `language` as a code such as ``en``: the
-    language spoken, or ``en`` for a translation, as OpenAI reports the output language;
-    `duration` in seconds, `text`, `segments` unless only word timestamps were asked for,
-    `words` unless only segment timestamps were asked for), Reflector's `filename`, `usage`."""
-
-    task: Task
-    language: str
-    duration: float
-    text: str
-    segments: list[OutSegment] | None = None
-    words: list[OutWord] | None = None
-    filename: str | None = None
-    usage: Usage | None = None
-
-
-class DiarizedSegment(msgspec.Struct):
-    """A stretch of speech by one speaker. OpenAI types `id` and `speaker` as strings:
-    `id` is the segment's index, `speaker` the integer ``/diarize`` gives, as a string."""
-
-    id: str
-    start: float
-    end: float
-    text: str
-    speaker: str
-    type: Literal["transcript.text.segment"] = "transcript.text.segment"
-
-
-class DiarizedTranscription(msgspec.Struct, omit_defaults=True):
-    """``diarized_json``: OpenAI's shape: `task`, `duration` (s), `text`, `segments`."""
-
-    task: Literal["transcribe"]
-    duration: float
-    text: str
-    segments: list[DiarizedSegment]
-    usage: Usage | None = None
 
 
 class Attributed(msgspec.Struct, frozen=True):

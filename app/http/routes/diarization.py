@@ -20,7 +20,9 @@ from litestar.params import FromQuery
 
 from app.errors import BadRequest
 from app.http.routes.recording import Recording, served
-from app.schemas import TimestampOffsetQuery, Turn, UrlQuery, public_turns
+from app.schemas import public_turns
+from app.schemas.openapi import TimestampOffsetQuery, UrlQuery
+from app.schemas.diarization import DiarizationResult
 from app.settings import Settings
 from app.workers import client
 from app.workers.messages import Diarization, DiarizeRequest
@@ -38,12 +40,6 @@ def check_speaker_hints(num_speakers: int | None, min_speakers: int | None, max_
         raise BadRequest(f"min_speakers ({min_speakers}) is larger than max_speakers ({max_speakers})")
     if num_speakers is not None and not (min_speakers or 1) <= num_speakers <= (max_speakers or MAX_SPEAKERS):
         raise BadRequest(f"num_speakers ({num_speakers}) is outside min_speakers..max_speakers")
-
-
-class DiarizationResult(msgspec.Struct):
-    """Speaker turns sorted by start; seconds (3 decimals); `speaker` an integer from 0."""
-
-    diarization: list[Turn]
 
 
 @post("/diarize", name="diarize", status_code=200)

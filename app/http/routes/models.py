@@ -12,37 +12,19 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import PurePath
-from typing import Literal
 
-import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
-from app.schemas import OPENAI_MODEL_ALIAS
+from app.schemas.transcription import OPENAI_MODEL_ALIAS
+from app.schemas.models import Model, ModelList
 from app.settings import Settings
 from app.workers import client
 
 log = logging.getLogger("app.http")
 
 OPENAI_ALIAS = OPENAI_MODEL_ALIAS  # the name OpenAI's SDKs send
-OWNER = "reflector-gpu"
 STARTED = int(time.time())  # `created` of every listed model: when this HTTP process started
-
-
-class Model(msgspec.Struct):
-    """One model, as OpenAI lists it; `created` is a Unix time (s)."""
-
-    id: str
-    created: int
-    owned_by: str = OWNER
-    object: Literal["model"] = "model"
-
-
-class ModelList(msgspec.Struct):
-    """The models a client may name."""
-
-    data: list[Model]
-    object: Literal["list"] = "list"
 
 
 def model_names(whisper_model: str) -> list[str]:

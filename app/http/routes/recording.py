@@ -33,8 +33,8 @@ from litestar import Request
 from app import results
 from app.audio.fetch import download
 from app.errors import ServiceError, Unavailable
-from app.results import Entry, KeyLock, ResultStore
 from app.http.routes.disconnect import ClientWatch
+from app.results import Entry, KeyLock, ResultStore
 from app.settings import Settings
 from app.workers import client
 

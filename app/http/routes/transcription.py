@@ -33,16 +33,22 @@ from app.http.routes import JSON_BODY_LIMIT_BYTES, check_language
 from app.http.routes.disconnect import while_connected
 from app.http.routes.models import check_model
 from app.http.routes.recording import Recording, served
-from app.schemas import ACCEPTED_EXTENSIONS, SpokenLanguage, TimestampOffset, TranslationForm, UploadForm, Url, multipart_operation
+from app.schemas.openapi import multipart_operation
+from app.schemas.transcription import (
+    ACCEPTED_EXTENSIONS,
+    BatchTranscription,
+    DiarizedTranscription,
+    JsonTranscription,
+    TranslationForm,
+    UploadForm,
+    UrlTranscription,
+    UrlTranscriptionRequest,
+    VerboseTranscription,
+)
 from app.settings import Settings
 from app.transcripts.formats import (
     TEXT_FORMATS,
     Attributed,
-    DiarizedTranscription,
-    JsonTranscription,
-    OutSegment,
-    OutWord,
-    VerboseTranscription,
     attribute,
     json_body,
     out_segments,
@@ -55,39 +61,6 @@ from app.workers.messages import Diarization, DiarizeRequest, Task, TranscribeRe
 COPY_CHUNK_BYTES = 1024 * 1024
 AUTO_LANGUAGE = "auto"
 _F = TypeVar("_F", bound=msgspec.Struct)
-
-class BatchTranscription(msgspec.Struct):
-    """Several uploaded files' transcripts, in upload order, each in the asked JSON format
-    (``JsonTranscription``, ``VerboseTranscription`` or ``DiarizedTranscription``)."""
-
-    results: list[Any]
-
-
-class UrlTranscriptionRequest(msgspec.Struct):
-    """Body of ``/v1/audio/transcriptions-from-url``. `model` and `batch` are accepted and ignored.
-
-    `language`: a code, or omitted / ``auto`` to detect it. `diarize`: give every word a
-    `speaker` and add `segments` cut where the speaker changes.
-    """
-
-    audio_file_url: Url
-    model: str | None = None
-    language: SpokenLanguage | None = None
-    timestamp_offset: TimestampOffset = 0.0
-    batch: bool = False
-    diarize: bool = False
-
-
-class UrlTranscription(msgspec.Struct, omit_defaults=True):
-    """A whole recording's transcript; times shifted by `timestamp_offset` seconds.
-
-    With ``diarize``, each word has a `speaker` and `segments` (with `speaker`) are added.
-    """
-
-    text: str
-    words: list[OutWord]
-    segments: list[OutSegment] | None = None
-
 
 class UrlResult(msgspec.Struct, frozen=True):
     """What a from-URL job computes and the result store keeps: the transcript and, with

@@ -18,35 +18,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import msgspec
 from litestar import post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from app.errors import BadRequest, PayloadTooLarge
-from app.languages import load_table
 from app.http.routes import JSON_BODY_LIMIT_BYTES
+from app.languages import load_table
+from app.schemas.translation import TranslationParameters, TranslationResult
 from app.settings import Settings
 from app.workers import client
 from app.workers.messages import TranslateRequest, Translation
 
 DEFAULT_SOURCE = "en"
 DEFAULT_TARGET = "fr"
-
-
-class TranslationParameters(msgspec.Struct):
-    """The optional JSON body; any field also present in the query string is taken from there."""
-
-    text: str | None = None
-    source_language: str | None = None
-    target_language: str | None = None
-
-
-class TranslationResult(msgspec.Struct):
-    """``text`` maps the source code to the input and the target code to its translation
-    (one entry when they are the same language)."""
-
-    text: dict[str, str]
 
 
 def _code(value: str | None, default: str, side: str) -> str:

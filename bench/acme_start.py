@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port, start_service  # noqa: E402
-from tests.pebble import running_pebble  # noqa: E402
+from testing.service import free_port, start_service  # noqa: E402
+from testing.pebble import running_pebble  # noqa: E402
 from tests.test_acme import acme_env, pebble_context, stop, wait_https  # noqa: E402
 
 

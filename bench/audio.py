@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from app import settings as settings_module  # noqa: E402
 from app.workers import client  # noqa: E402
 from app.workers.messages import Encoded, MixdownRequest, PadRequest  # noqa: E402
-from tests.audiogen import write_tone  # noqa: E402
+from testing.audiogen import write_tone  # noqa: E402
 
 TRACK_SECONDS = 600.0
 HOUR_SECONDS = 3600.0
@@ -100,8 +100,8 @@ def service_figures(first: Path, second: Path) -> None:
     import httpx
 
     from app import tls
-    from tests.conftest import running_service, strict_context
-    from tests.seaweedfs import SeaweedFS
+    from testing.service import running_service, strict_context
+    from testing.seaweedfs import SeaweedFS
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch_dir = Path(scratch)

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from app import settings as settings_module  # noqa: E402
 from app import tls  # noqa: E402
 from app.audio.decode import decode_mono  # noqa: E402
-from tests.conftest import pyannote_sample_dir, running_service, serve_audio, write_wav  # noqa: E402
+from testing.service import pyannote_sample_dir, running_service, serve_audio, write_wav  # noqa: E402
 
 SAMPLE_SECONDS = 30.0
 

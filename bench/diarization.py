@@ -45,7 +45,7 @@ from app import settings as settings_module  # noqa: E402
 from app.workers import client  # noqa: E402
 from app.workers.diarizer import peak_rss_mib
 from app.workers.messages import Diarization, DiarizeRequest  # noqa: E402
-from tests.conftest import pyannote_sample_dir  # noqa: E402
+from testing.service import pyannote_sample_dir  # noqa: E402
 
 LONG_MINUTES = (10, 60)
 REFLECTOR_TIMEOUT = 600.0  # s, Reflector's client time-out for each of the two calls
@@ -142,7 +142,7 @@ def reflector_pipeline(path: Path, seconds: float) -> None:
     import httpx
 
     from app import tls
-    from tests.conftest import running_service, strict_context
+    from testing.service import running_service, strict_context
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]

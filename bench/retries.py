@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import tls  # noqa: E402
-from tests.conftest import pyannote_sample_dir, running_service, serve_audio  # noqa: E402
+from testing.service import pyannote_sample_dir, running_service, serve_audio  # noqa: E402
 from tests.test_retries import WorkerWatch  # noqa: E402
 
 REPEATS = 20  # 20 x 30 s = 10 minutes

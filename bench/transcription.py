@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from app import settings as settings_module  # noqa: E402
 from app.workers.messages import TranscribeRequest  # noqa: E402
 from app.workers.whisper import WhisperEngine
-from tests.conftest import pyannote_sample_dir, running_service, strict_context  # noqa: E402
+from testing.service import pyannote_sample_dir, running_service, strict_context  # noqa: E402
 
 RUNS = 5
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from app import settings as settings_module  # noqa: E402
 from app.workers.messages import TranslateRequest  # noqa: E402
 from app.workers.translator import TranslatorEngine
-from tests.conftest import running_service, strict_context  # noqa: E402
-from tests.translation_models import build_m2m100  # noqa: E402
+from testing.service import running_service, strict_context  # noqa: E402
+from testing.translation_models import build_m2m100  # noqa: E402
 
 RUNS = 20
 SENTENCE = (

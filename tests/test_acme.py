@@ -24,8 +24,8 @@ from app import settings as settings_module
 from app import tls
 from app.tls.acme import store_dir
 from app.tls.redirect import Challenges, RedirectServer, redirect_location
-from tests import pebble as pebble_module
-from tests.conftest import Service, free_port, start_service, strict_context
+from testing import pebble as pebble_module
+from testing.service import Service, free_port, start_service, strict_context
 
 DOMAIN = "gpu.test"  # pebble-challtestsrv resolves every name to 127.0.0.1
 

@@ -11,7 +11,7 @@ import pytest
 from app.audio.mixdown import mix_files
 from app.audio.pad import pad_file
 from app.errors import BadRequest, InvalidAudio, PayloadTooLarge, Unavailable
-from tests.audiogen import decode, rms, write_tone, write_video_only
+from testing.audiogen import decode, rms, write_tone, write_video_only
 
 TONE_RMS = 0.5 / np.sqrt(2)  # a sine of peak 0.5
 

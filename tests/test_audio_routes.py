@@ -9,11 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.audiogen import decode, rms, write_tone, write_video_only
-from tests.conftest import Service
+from testing.audiogen import decode, rms, write_tone, write_video_only
+from testing.service import Service
 from tests.test_request_validation import PAD_OK
 
-pytest_plugins = ["tests.seaweedfs"]
+pytest_plugins = ["testing.seaweedfs"]
 pytestmark = pytest.mark.slow
 
 TONE_RMS = 0.5 / np.sqrt(2)

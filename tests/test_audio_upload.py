@@ -14,7 +14,7 @@ from app.audio.upload import upload
 from app.errors import UpstreamError
 from app.settings import Settings
 
-pytest_plugins = ["tests.seaweedfs"]
+pytest_plugins = ["testing.seaweedfs"]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import AudioServer, Service, pyannote_sample_dir, running_service, write_wav
+from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, write_wav
 
 pytestmark = pytest.mark.slow
 

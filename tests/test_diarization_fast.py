@@ -14,9 +14,9 @@ import pytest
 from app import settings as settings_module
 from app.diarization.fast import FastOptions, SpeakerHints, cluster
 from app.errors import Unavailable
-from tests.conftest import pyannote_sample_dir, write_wav
+from testing.service import pyannote_sample_dir, write_wav
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 MAX_DER = 0.08  # issue #10: DER on pyannote's sample, collar 0, overlap scored
 
@@ -199,7 +199,7 @@ def test_compact_decoding_equals_decode_mono(sample_wav: Path, monkeypatch: pyte
 def test_hints_travel_to_the_worker(app_client, workers, audio_server) -> None:
     """In-process HTTP side with a stub diarizer: the query's hints arrive in the request."""
     from app.workers.messages import Diarization, DiarizeRequest
-    from tests.stub_workers import StubEngine
+    from testing.stub_workers import StubEngine
 
     seen: list[DiarizeRequest] = []
 

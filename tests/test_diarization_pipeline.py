@@ -14,7 +14,7 @@ from app import settings as settings_module
 from app.errors import ModelNotFound, Unavailable
 from app.workers.diarizer import speaker_numbers, to_turns
 from app.workers.messages import Turn
-from tests.conftest import write_wav
+from testing.service import write_wav
 
 
 def test_labels_become_their_numbers() -> None:

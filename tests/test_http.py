@@ -18,9 +18,9 @@ from app.http.main import build_app
 from app.http.middleware import RequestBody
 from app.workers.messages import TranscribeRequest, Transcript, TranslateRequest, Translation, Word
 from app.workers.protocol import MAX_FRAME_BYTES, Accepted, encode_frame
-from tests.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
+from testing.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 
 def echo_transcript(request: TranscribeRequest, cancel: threading.Event) -> Transcript:

@@ -19,7 +19,7 @@ from app.logs import setup_logging
 from app.http.main import create_app
 from app.settings import load
 from app.workers.progress import ProgressLog
-from tests.conftest import API_KEY, write_wav
+from testing.service import API_KEY, write_wav
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_pad_reports_its_progress_through_the_audio_timeline(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_every_line_of_the_service_is_json_granians_own_included(cert_dir: Path) -> None:
-    from tests.conftest import running_service
+    from testing.service import running_service
 
     with running_service(cert_dir, REFLECTOR_GPU_LOG_FORMAT="json", REFLECTOR_GPU_WHISPER_MODEL="tiny.en") as service:
         assert service.client().get("/v1/models").status_code == 200

@@ -29,7 +29,7 @@ from app.supervision.rundir import socket_path
 from app.workers.server import WorkerServer
 from app.supervision import rundir
 from app.supervision.supervisor import Child, Supervisor
-from tests.conftest import API_KEY, Service
+from testing.service import API_KEY, Service
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = (

@@ -18,9 +18,9 @@ import pytest
 
 from app import models, settings as settings_module
 from app.models import hub as hub_module
-from tests.conftest import ROOT, free_port, running_service
-from tests.hub import serve_hub
-from tests.translation_models import marian_model  # noqa: F401 - fixture
+from testing.service import ROOT, free_port, running_service
+from testing.hub import serve_hub
+from testing.translation_models import marian_model  # noqa: F401 - fixture
 
 TURBO_REPO = "mobiuslabsgmbh/faster-whisper-large-v3-turbo"
 

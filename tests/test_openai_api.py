@@ -22,7 +22,7 @@ import srt
 import webvtt
 from openai.types.audio import Transcription, TranscriptionDiarized, TranscriptionVerbose, TranslationVerbose
 
-from tests.conftest import AudioServer, Service, pyannote_sample_dir, running_service, strict_context
+from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, strict_context
 
 pytestmark = pytest.mark.slow
 

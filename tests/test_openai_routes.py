@@ -16,9 +16,9 @@ from app.workers.messages import (
     Turn,
     Word,
 )
-from tests.stub_workers import StubEngine
+from testing.stub_workers import StubEngine
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 WORDS = [Word(" Hello", 0.0, 0.4), Word(" there.", 0.4, 1.0), Word(" Hi.", 1.5, 2.0)]
 SEGMENTS = [Segment(0, 0.0, 2.0, " Hello there. Hi.", [1, 2, 3], 0.0, -0.3, 1.2, 0.02)]

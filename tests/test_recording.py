@@ -16,9 +16,9 @@ import msgspec
 
 from app.results import ResultStore, results_dir
 from app.workers.messages import TranscribeRequest, Transcript, Word
-from tests.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
+from testing.stub_workers import API_KEY, StubEngine, leftovers, make_settings, open_client
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 ROUTE = "/v1/audio/transcriptions-from-url"
 
 

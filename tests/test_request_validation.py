@@ -10,7 +10,7 @@ import pytest
 
 from app.schemas import MAX_TIMESTAMP_OFFSET_SECONDS, MAX_TRACK_START_SECONDS
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 CLOSED = "http://127.0.0.1:9"
 PAD_OK = {

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Service, running_service
+from testing.service import Service, running_service
 
-pytest_plugins = ["tests.seaweedfs"]
+pytest_plugins = ["testing.seaweedfs"]
 pytestmark = pytest.mark.slow
 
 FULL_JOB_SECONDS: dict[str, float] = {}  # measured by the first test, used by the last

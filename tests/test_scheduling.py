@@ -20,7 +20,7 @@ import pytest
 
 from app import settings as settings_module
 from app.workers.client import ping
-from tests.conftest import Service, running_service, write_wav
+from testing.service import Service, running_service, write_wav
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import settings as settings_module
-from tests.conftest import ROOT
+from testing.service import ROOT
 
 
 def test_defaults_follow_the_decisions() -> None:

@@ -14,10 +14,10 @@ import pytest
 
 from app.supervision import supervisor as supervisor_module
 from app.supervision.supervisor import MAX_BACKOFF_SECONDS, MODEL_LOAD_FAILED, Child, Supervisor
-from tests.conftest import ROOT
-from tests.stub_workers import make_settings
+from testing.service import ROOT
+from testing.stub_workers import make_settings
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 
 def exited(code: int) -> subprocess.Popen:

@@ -17,7 +17,7 @@ import pytest
 
 from app import tls
 from app.audio.decode import decode_mono
-from tests.conftest import pyannote_sample_dir, running_service, start_service, strict_context, write_wav
+from testing.service import pyannote_sample_dir, running_service, start_service, strict_context, write_wav
 from tests.test_scheduling import queued_seconds, wait_for
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from app import settings as settings_module
 from app import tls
-from tests.conftest import ROOT, strict_context
+from testing.service import ROOT, strict_context
 
 
 def _handshake(ca_file: Path, cert: Path, key: Path, server_name: str) -> None:

@@ -11,7 +11,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from tests.conftest import Service, running_service, strict_context, write_wav
+from testing.service import Service, running_service, strict_context, write_wav
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ def test_from_url_source_failures(client: httpx.Client, audio_server, service: S
 
 
 def test_from_url_unreachable_host_names_it(client: httpx.Client) -> None:
-    from tests.conftest import free_port
+    from testing.service import free_port
 
     url = f"http://127.0.0.1:{free_port()}/audio.wav"
     response = client.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": url})

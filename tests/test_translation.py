@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Service, running_service, start_service
-from tests.translation_models import generated_sentences, m2m100_model, marian_model  # noqa: F401
+from testing.service import Service, running_service, start_service
+from testing.translation_models import generated_sentences, m2m100_model, marian_model  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.translation_models import (  # noqa: F401 - fixtures
+from testing.translation_models import (  # noqa: F401 - fixtures
     build_marian,
     generated_sentences,
     m2m100_model,

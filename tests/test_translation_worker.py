@@ -15,7 +15,7 @@ from app.errors import BadRequest, Unavailable
 from app.workers import client
 from app.workers.messages import TranslateRequest, Translation
 from app.supervision.rundir import socket_path
-from tests.translation_models import m2m100_model  # noqa: F401
+from testing.translation_models import m2m100_model  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

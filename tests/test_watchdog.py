@@ -19,11 +19,11 @@ import pytest
 
 from app.supervision.rundir import socket_path
 from app.supervision.watchdog import Watchdog, ping_blocking
-from tests.conftest import running_service
-from tests.stub_workers import StubEngine
+from testing.service import running_service
+from testing.stub_workers import StubEngine
 
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 
 class Request(msgspec.Struct, tag="stub-job", frozen=True):

@@ -24,11 +24,11 @@ from app.workers.protocol import (
     encode_frame,
     read_frame,
 )
-from tests.audiogen import write_tone
-from tests.conftest import write_wav
-from tests.stub_workers import StubEngine
+from testing.audiogen import write_tone
+from testing.service import write_wav
+from testing.stub_workers import StubEngine
 
-pytest_plugins = ["tests.stub_workers"]
+pytest_plugins = ["testing.stub_workers"]
 
 
 def feed(data: bytes) -> asyncio.StreamReader:

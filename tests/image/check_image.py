@@ -47,8 +47,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app import tls
-from tests.conftest import API_KEY, free_port, strict_context
-from tests.translation_models import build_m2m100
+from testing.service import API_KEY, free_port, strict_context
+from testing.translation_models import build_m2m100
 
 IMAGE = os.environ.get("REFLECTOR_GPU_TEST_IMAGE", "localhost/reflector-gpu:cpu-test")
 PODMAN = shlex.split(os.environ.get("PODMAN", "podman"))

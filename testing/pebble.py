@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import tls
-from tests.conftest import free_port
+from testing.service import free_port
 
 
 def available() -> bool:

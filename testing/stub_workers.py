@@ -8,8 +8,8 @@ test client on `app.http.main.create_app(settings)` (all middlewares included).
 
 Use from a test module::
 
-    pytest_plugins = ["tests.stub_workers"]        # the fixtures below
-    from tests.stub_workers import StubEngine, make_settings, open_client
+    pytest_plugins = ["testing.stub_workers"]        # the fixtures below
+    from testing.stub_workers import StubEngine, make_settings, open_client
 
 Fixtures: `stub_settings` (a short state dir under /tmp, an API key, a 1-s worker start
 timeout), `workers` (a `StubWorkers` on those settings), `app_client` (a `TestClient`

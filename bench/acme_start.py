@@ -1,6 +1,6 @@
 """Benchmark: seconds from the service's start to its first HTTPS answer with an ACME certificate.
 
-Starts Debian's pebble (a real ACME server, loopback; see tests/pebble.py), then the whole
+Starts Debian's pebble (a real ACME server, loopback; see testing/pebble.py), then the whole
 service (``entrypoint.py``, ``REFLECTOR_GPU_TLS=acme``) `--runs` times with a fresh state
 directory (first start: account, order, HTTP-01 validation, issuance, Granian start), and
 once more on the last state directory (the stored certificate reused). Prints, per start,

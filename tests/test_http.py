@@ -1,7 +1,7 @@
 """The HTTP side in-process (fast tier): routes, the key guard, middlewares, error mapping.
 
 The real app (`create_app`) behind Litestar's test client; workers are stub engines behind
-the real `WorkerServer` on real Unix sockets (tests/stub_workers.py). No model is loaded.
+the real `WorkerServer` on real Unix sockets (testing/stub_workers.py). No model is loaded.
 """
 
 from __future__ import annotations

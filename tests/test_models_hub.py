@@ -1,5 +1,5 @@
 """Models from a model hub: `auto`'s choice by device, and fetching against a loopback hub
-(tests/hub.py) that serves the embedded weights under the hub names the service asks for.
+(testing/hub.py) that serves the embedded weights under the hub names the service asks for.
 
 The fetch tests run the real command (``python -m app.models fetch ...``) or the whole
 service, each a process of its own that reads ``HF_ENDPOINT`` as a deployment would.

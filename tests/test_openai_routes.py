@@ -1,6 +1,6 @@
 """The OpenAI routes in-process (fast tier): what reaches the workers, and the answer shapes.
 
-Stub engines behind the real worker server (tests/stub_workers.py); no model is loaded.
+Stub engines behind the real worker server (testing/stub_workers.py); no model is loaded.
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ class PutServer:
             scheme = "https"
         host, port = self.server.server_address[:2]
         self.base_url = f"{scheme}://localhost:{port}" if self.tls else f"{scheme}://{host}:{port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)  # quick to shut down
         self._thread.start()
 
     def url(self, key: str) -> str:

@@ -271,7 +271,7 @@ def serve_audio(files: dict[str, Path]) -> Iterator[AudioServer]:
     """An `AudioServer` for `files` (name -> path) on a free loopback port, stopped on exit."""
     handler = type("Handler", (_AudioHandler,), {"files": files, "requests": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # quick to shut down
     thread.start()
     try:
         yield AudioServer(f"http://127.0.0.1:{server.server_address[1]}", handler.files, handler.requests)

@@ -1,0 +1,150 @@
+"""The Whisper worker's scheduler and replicas, over real HTTPS with the real model.
+
+A "recording" here is the pyannote sample repeated (real speech, ~30 s a copy); a "live
+clip" is 2 s of it uploaded as Reflector's live path does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from app import settings as settings_module
+from app.workers.client import ping
+from testing.service import Service, running_service, write_wav
+
+
+@pytest.fixture(scope="module")
+def recording_wav(tmp_path_factory, sample_wav: Path) -> Path:
+    """Six copies of the sample back to back: 3 minutes of real two-speaker speech."""
+    from app.audio.decode import decode_mono
+
+    audio = decode_mono(sample_wav)
+    return write_wav(tmp_path_factory.mktemp("audio") / "recording.wav", np.tile(audio, 6))
+
+
+@pytest.fixture(scope="module")
+def live_clip(tmp_path_factory, sample_wav: Path) -> Path:
+    """2 s of the sample's speech (from 6.5 s)."""
+    from app.audio.decode import decode_mono
+
+    audio = decode_mono(sample_wav)
+    return write_wav(tmp_path_factory.mktemp("audio") / "clip.wav", audio[int(6.5 * 16000) : int(8.5 * 16000)])
+
+
+def pongs(service: Service, kind: str = "whisper", replicas: int = 1):
+    settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
+    return [asyncio.run(ping(settings, kind, i)) for i in range(replicas)]
+
+
+def queued_seconds(service: Service) -> float:
+    """Seconds of audio the (single) Whisper worker holds; 0 while it does not answer."""
+    pong = pongs(service)[0]
+    return 0.0 if pong is None else pong.queued_seconds
+
+
+def wait_for(condition, timeout: float = 60.0, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def from_url(client: httpx.Client, url: str, offset: float = 0.0) -> httpx.Response:
+    return client.post("/v1/audio/transcriptions-from-url", json={"audio_file_url": url, "timestamp_offset": offset})
+
+
+def test_concurrent_requests_answer_what_each_answers_alone(service: Service, audio_server) -> None:
+    client = service.client()
+    url = audio_server.url + "/sample.wav"
+    alone = from_url(client, url)  # offsets below differ from it: the result store answers none of them
+    assert alone.status_code == 200, alone.text
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda offset: from_url(service.client(), url, offset), (5.0, 10.0, 20.0, 30.0)))
+    expected = [(w["word"], w["start"], w["end"]) for w in alone.json()["words"]]
+    for offset, response in zip((5.0, 10.0, 20.0, 30.0), responses):
+        assert response.status_code == 200, response.text
+        words = [(w["word"], round(w["start"] - offset, 2), round(w["end"] - offset, 2)) for w in response.json()["words"]]
+        assert words == expected
+        assert response.json()["text"] == alone.json()["text"]
+
+
+def test_a_live_clip_overtakes_a_running_recording(
+    service: Service, audio_server, recording_wav: Path, live_clip: Path
+) -> None:
+    url = audio_server.add("recording.wav", recording_wav)
+    finished: dict[str, float] = {}
+
+    def record() -> None:
+        response = from_url(service.client(), url)
+        assert response.status_code == 200, response.text
+        finished["recording"] = time.monotonic()
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    # The recording's pieces are queued once the worker has decoded and cut it.
+    assert wait_for(lambda: queued_seconds(service) > 60)
+    with live_clip.open("rb") as audio:
+        response = service.client().post(
+            "/v1/audio/transcriptions", files={"file": ("clip.wav", audio, "audio/wav")}, data={"language": "en"}
+        )
+    finished["live"] = time.monotonic()
+    assert response.status_code == 200, response.text
+    assert response.json()["words"], "the live clip has speech"
+    still_queued = queued_seconds(service)
+    recorder.join(300)
+    assert finished["live"] < finished["recording"]
+    assert still_queued > 0, "the live clip was answered while recording pieces were still waiting"
+
+
+def test_a_departed_clients_pieces_are_dropped_at_once(service: Service, recording_wav: Path) -> None:
+    """A live upload whose client leaves: its queued pieces go before any further batch."""
+    client = service.client(timeout=httpx.Timeout(60.0, read=3.0))
+    with recording_wav.open("rb") as audio, pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/audio/transcriptions", files={"file": ("long.wav", audio, "audio/wav")})
+    left = time.monotonic()
+    # 3 minutes of speech were queued; once the disconnect is seen they are gone, while at
+    # most the batches already running (a few pieces) finish.
+    assert wait_for(lambda: queued_seconds(service) <= 2 * 30 * 2, timeout=10)
+    assert time.monotonic() - left < 10
+    assert wait_for(lambda: pongs(service)[0].busy == 0, timeout=60)
+
+
+def test_two_replicas_both_take_work_and_a_killed_one_fails_only_its_requests(
+    cert_dir: Path, audio_server, recording_wav: Path
+) -> None:
+    url = audio_server.add("recording2.wav", recording_wav)
+    sample = audio_server.url + "/sample.wav"
+    with running_service(cert_dir, REFLECTOR_GPU_WHISPER_REPLICAS="2", REFLECTOR_GPU_CPU_THREADS="1") as service:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            # Distinct offsets: identical requests would share one job (the result store).
+            results = list(pool.map(lambda offset: from_url(service.client(), sample, offset).status_code, range(4)))
+        assert results == [200] * 4
+        done = [pong.jobs_done for pong in pongs(service, replicas=2)]
+        assert all(count >= 1 for count in done), done
+        ready = service.client(key=None).get("/ready").json()
+        assert [r["state"] for r in ready["replicas"]["whisper"]] == ["ready", "ready"]
+
+        # One long job on each replica (the client sends each to the least loaded one).
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(from_url, service.client(), url, 0.0)
+            assert wait_for(lambda: sum(p.busy for p in pongs(service, replicas=2)) == 1)
+            second = pool.submit(from_url, service.client(), url, 1.0)
+            assert wait_for(lambda: all(p.busy == 1 for p in pongs(service, replicas=2)))
+            [victim] = [pid for pid in service.child_pids("app.workers.server whisper 0")]
+            os.kill(victim, signal.SIGKILL)
+            statuses = sorted([first.result(300).status_code, second.result(300).status_code])
+        assert statuses == [200, 503]
+        # The supervisor brings replica 0 back.
+        assert wait_for(lambda: service.client(key=None).get("/ready").status_code == 200, timeout=120, step=0.5)

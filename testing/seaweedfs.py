@@ -17,6 +17,7 @@ Register the fixtures with ``pytest_plugins = ["seaweedfs"]`` in a test module.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -289,6 +290,21 @@ class PutServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def put(settings, url: str, path: Path, content_type: str = "audio/webm") -> int:
+    """`app.audio.upload.upload` run to its end: the bytes sent."""
+    from app.audio.upload import upload
+
+    return asyncio.run(upload(settings, url, path, content_type))
+
+
+@pytest.fixture
+def payload(tmp_path: Path) -> Path:
+    """A 3-MB file to upload: several read chunks."""
+    path = tmp_path / "out.webm"
+    path.write_bytes(bytes(range(256)) * 12_000)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ here, before huggingface_hub reads it, and every service inherits it.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import importlib.util
 import os
@@ -66,6 +67,17 @@ def strict_context(ca_file: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(ca_file))
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     return context
+
+
+def plain_request(port: int, method: str, path: str, host: str) -> http.client.HTTPResponse:
+    """One plain-HTTP request to ``127.0.0.1:port`` with a ``Host`` header (the redirect
+    listener's view of a client); the body is read and the connection closed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(method, path, body=b"x" if method == "POST" else None, headers={"Host": host})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
 
 
 def free_port() -> int:

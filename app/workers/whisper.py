@@ -41,6 +41,12 @@ PIECE_SECONDS = 30  # Whisper's window: the longest piece VAD regions are merged
 # the piece length, 160 ms of silence ends a region.
 VAD_MIN_SILENCE_MS = 160
 LANGUAGE_DETECTION_THRESHOLD = 0.5
+# A repetition guard for speech translation: no 4-token sequence may repeat within a piece.
+# Whisper `base` fell into loops translating espeak-ng French on some CPUs ("the the the",
+# a sentence over and over); sequential faster-whisper escapes them by decoding again hotter
+# (compression ratio over 2.4), which one batched beam search cannot. Transcription is left
+# as it is (its WER is measured without the guard).
+TRANSLATE_NO_REPEAT_NGRAM = 4
 
 
 def recording_lanes(device: str) -> int:
@@ -379,7 +385,8 @@ class WhisperEngine:
 
         return TranscriptionOptions(
             beam_size=self.settings.whisper_beam_size, best_of=5, patience=1, length_penalty=1,
-            repetition_penalty=1, no_repeat_ngram_size=0, log_prob_threshold=-1.0,
+            repetition_penalty=1, log_prob_threshold=-1.0,
+            no_repeat_ngram_size=TRANSLATE_NO_REPEAT_NGRAM if request.task == "translate" else 0,
             no_speech_threshold=0.6, compression_ratio_threshold=2.4,
             temperatures=[request.temperature], initial_prompt=request.prompt, prefix=None,
             suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),

@@ -27,6 +27,7 @@ from app.http.middleware import AccessLog, HeadAsGet, RequestBody
 from app.http.request_id import RequestIdMiddleware
 from app.http.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
 from app.settings import Settings
+from app.workers.client import WorkerPool
 
 log = logging.getLogger("app.http")
 
@@ -128,6 +129,11 @@ def _provide_settings(state: State) -> Settings:
     return state.settings
 
 
+def _provide_workers(state: State) -> WorkerPool:
+    """The ``workers`` dependency: the app's `WorkerPool` (how handlers reach the model workers)."""
+    return state.workers
+
+
 def build_app(settings: Settings | None = None) -> Litestar:
     """The Litestar application for `settings` (read from the environment when None)."""
     settings = settings or settings_module.load()
@@ -142,7 +148,10 @@ def build_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         guards=[require_api_key],
-        dependencies={"settings": Provide(_provide_settings, use_cache=True, sync_to_thread=False)},
+        dependencies={
+            "settings": Provide(_provide_settings, use_cache=True, sync_to_thread=False),
+            "workers": Provide(_provide_workers, use_cache=True, sync_to_thread=False),
+        },
         exception_handlers={
             ServiceError: handle_service_error,
             ValidationException: handle_validation_error,
@@ -157,6 +166,6 @@ def build_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/")],
         ),
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "workers": WorkerPool(settings)}),
         logging_config=None,
     )

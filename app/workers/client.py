@@ -132,3 +132,27 @@ async def any_pong(settings: Settings, kind: str) -> Pong | None:
     at once; None when none does. Replicas load the same model, so any one describes it."""
     pongs = await asyncio.gather(*(ping(settings, kind, i) for i in range(spec(kind).replicas(settings))))
     return next((pong for pong in pongs if pong is not None), None)
+
+
+class WorkerPool:
+    """The HTTP side's handle on the model workers for one `Settings`: what route handlers
+    get injected as ``workers`` (one per Granian worker process, made by the app factory).
+
+    `call`, `ping` and `any_pong` are this module's functions bound to the settings; tests
+    may inject a pool of their own.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def call(self, kind: str, request: msgspec.Struct, result_type: type[_R]) -> _R:
+        """`call` a replica of the `kind` worker (see the module function)."""
+        return await call(self.settings, kind, request, result_type)
+
+    async def ping(self, kind: str, replica: int = 0, timeout: float = 2.0) -> Pong | None:
+        """Replica `replica`'s `Pong`, or None (see `ping`)."""
+        return await ping(self.settings, kind, replica, timeout)
+
+    async def any_pong(self, kind: str) -> Pong | None:
+        """The first answering replica's `Pong` (see `any_pong`)."""
+        return await any_pong(self.settings, kind)

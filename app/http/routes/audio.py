@@ -37,7 +37,7 @@ from app.schemas.audio import (
     PadResult,
 )
 from app.settings import Settings
-from app.workers import client
+from app.workers.client import WorkerPool
 from app.workers.messages import Encoded, MixdownRequest, PadRequest
 
 log = logging.getLogger("app.audio")
@@ -55,17 +55,17 @@ def _output_path(settings: Settings, suffix: str) -> Path:
     return Path(name)
 
 
-async def _encode(settings: Settings, message: PadRequest | MixdownRequest, output: Path) -> Encoded:
+async def _encode(workers: WorkerPool, message: PadRequest | MixdownRequest, output: Path) -> Encoded:
     """Have the audio worker write `output`; the file is deleted if that fails."""
     try:
-        return await client.call(settings, "audio", message, Encoded)
+        return await workers.call("audio", message, Encoded)
     except BaseException:
         output.unlink(missing_ok=True)
         raise
 
 
 @post("/pad", name="pad", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
-async def pad(request: Request, data: JSONBody[PadBody], settings: NamedDependency[Settings]) -> PadResult:
+async def pad(request: Request, data: JSONBody[PadBody], settings: NamedDependency[Settings], workers: NamedDependency[WorkerPool]) -> PadResult:
     """Prepend ``start_time_seconds`` of silence to the track; PUT WebM/Opus (48 kHz stereo, 128 kbit/s).
 
     400 when a URL is empty or ``start_time_seconds`` is not in (0, 18000].
@@ -81,7 +81,7 @@ async def pad(request: Request, data: JSONBody[PadBody], settings: NamedDependen
     async def compute(paths: list[Path]) -> tuple[Encoded, Path]:
         output = _output_path(settings, ".webm")
         message = PadRequest(source=str(paths[0]), output=str(output), start_time_seconds=data.start_time_seconds)
-        return await _encode(settings, message, output), output
+        return await _encode(workers, message, output), output
 
     job = Recording(
         route="pad",
@@ -92,12 +92,12 @@ async def pad(request: Request, data: JSONBody[PadBody], settings: NamedDependen
         result_type=Encoded,
         audio_seconds=lambda encoded: encoded.duration_ms / 1000,
     )
-    async with served(request, settings, job) as (encoded, output):
+    async with served(request, workers, job) as (encoded, output):
         return PadResult(size=await while_connected(request, upload(settings, output_url, output, "audio/webm")))
 
 
 @post("/mixdown", name="mixdown", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
-async def mixdown(request: Request, data: JSONBody[MixdownBody], settings: NamedDependency[Settings]) -> MixdownResult:
+async def mixdown(request: Request, data: JSONBody[MixdownBody], settings: NamedDependency[Settings], workers: NamedDependency[WorkerPool]) -> MixdownResult:
     """Mix the tracks, each delayed by its offset minus the smallest, into an MP3 (no normalising).
 
     Empty URLs are skipped. 400 when no URL is left, ``offsets_seconds`` has another length
@@ -120,7 +120,7 @@ async def mixdown(request: Request, data: JSONBody[MixdownBody], settings: Named
             f"{settings.max_audio_seconds:g} s limit (REFLECTOR_GPU_MAX_AUDIO_SECONDS)"
         )
     size, duration_ms = await _mix(
-        request, settings, chosen, None if offsets is None else used, data.target_sample_rate, output_url
+        request, workers, chosen, None if offsets is None else used, data.target_sample_rate, output_url
     )
     return MixdownResult(size=size, duration_ms=duration_ms)
 
@@ -141,7 +141,7 @@ def _tracks_and_output(track_urls: list[str], output_url: str) -> tuple[list[tup
 
 async def _mix(
     request: Request,
-    settings: Settings,
+    workers: WorkerPool,
     chosen: list[tuple[int, str]],
     offsets: list[float] | None,
     target_sample_rate: int | None,
@@ -151,6 +151,7 @@ async def _mix(
 
     Returns (bytes uploaded, duration in ms)."""
     labels = [f"track {index}" for index, _ in chosen]
+    settings = workers.settings
 
     async def compute(paths: list[Path]) -> tuple[Encoded, Path]:
         output = _output_path(settings, ".mp3")
@@ -161,7 +162,7 @@ async def _mix(
             target_sample_rate=target_sample_rate,
             labels=labels,
         )
-        return await _encode(settings, message, output), output
+        return await _encode(workers, message, output), output
 
     job = Recording(
         route="mixdown",
@@ -172,14 +173,14 @@ async def _mix(
         result_type=Encoded,
         audio_seconds=lambda encoded: encoded.duration_ms / 1000,
     )
-    async with served(request, settings, job) as (encoded, output):
+    async with served(request, workers, job) as (encoded, output):
         size = await while_connected(request, upload(settings, output_url, output, "audio/mpeg"))
         return size, encoded.duration_ms
 
 
 @post("/v1/audio/mixdown", name="mixdown-v1", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
 async def mixdown_v1(
-    request: Request, data: JSONBody[MixdownV1Body], settings: NamedDependency[Settings]
+    request: Request, data: JSONBody[MixdownV1Body], workers: NamedDependency[WorkerPool]
 ) -> MixdownV1Result:
     """Mix the tracks from their starts (summed, no normalising) into an MP3; PUT it to ``output_url``.
 
@@ -187,5 +188,5 @@ async def mixdown_v1(
     URL is left, ``output_url`` is empty, or ``target_sample_rate`` is not a rate MP3 can carry.
     """
     chosen, output_url = _tracks_and_output(data.track_urls, data.output_url)
-    _, duration_ms = await _mix(request, settings, chosen, None, data.target_sample_rate, output_url)
+    _, duration_ms = await _mix(request, workers, chosen, None, data.target_sample_rate, output_url)
     return MixdownV1Result(duration_ms=duration_ms, tracks_mixed=len(chosen), audio_uploaded=True)

@@ -23,8 +23,7 @@ from app.http.routes.recording import Recording, served
 from app.schemas import public_turns
 from app.schemas.openapi import TimestampOffsetQuery, UrlQuery
 from app.schemas.diarization import DiarizationResult
-from app.settings import Settings
-from app.workers import client
+from app.workers.client import WorkerPool
 from app.workers.messages import Diarization, DiarizeRequest
 
 MAX_SPEAKERS = 64  # a bound on hints, far above what a meeting recording holds
@@ -45,7 +44,7 @@ def check_speaker_hints(num_speakers: int | None, min_speakers: int | None, max_
 @post("/diarize", name="diarize", status_code=200)
 async def diarize(
     request: Request,
-    settings: NamedDependency[Settings],
+    workers: NamedDependency[WorkerPool],
     audio_file_url: UrlQuery,
     timestamp: TimestampOffsetQuery = 0.0,
     num_speakers: FromQuery[int | None] = None,
@@ -66,7 +65,7 @@ async def diarize(
 
     async def compute(paths: list[Path]) -> tuple[Diarization, None]:
         message = msgspec.structs.replace(job, path=str(paths[0]))
-        return await client.call(settings, "diarizer", message, Diarization), None
+        return await workers.call("diarizer", message, Diarization), None
 
     recording = Recording(
         route="diarize",
@@ -78,5 +77,5 @@ async def diarize(
         result_type=Diarization,
         audio_seconds=lambda result: result.duration,
     )
-    async with served(request, settings, recording) as (result, _):
+    async with served(request, workers, recording) as (result, _):
         return DiarizationResult(diarization=public_turns(result.diarization))

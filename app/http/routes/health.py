@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from app.schemas.health import Health, Readiness, ReplicaState, ReplicaStatus, WorkerState
 from app.settings import Settings
 from app.supervision.rundir import failed_marker
-from app.workers import client
+from app.workers.client import WorkerPool
 from app.workers.protocol import Pong
 from app.workers.registry import WORKERS
 
@@ -31,11 +31,11 @@ def health() -> Health:
 
 
 @get("/ready", opt={"open": True}, name="ready")
-async def ready(settings: NamedDependency[Settings]) -> Response[Readiness]:
+async def ready(settings: NamedDependency[Settings], workers: NamedDependency[WorkerPool]) -> Response[Readiness]:
     """200 when every replica of every configured worker has loaded its model and answers a
     ping, else 503."""
     targets = [(w.kind, i) for w in WORKERS if w.configured(settings) for i in range(w.replicas(settings))]
-    pongs = await asyncio.gather(*(client.ping(settings, kind, i) for kind, i in targets))
+    pongs = await asyncio.gather(*(workers.ping(kind, i) for kind, i in targets))
     replicas: dict[str, list[ReplicaState]] = {}
     for (kind, i), pong in zip(targets, pongs):
         replicas.setdefault(kind, []).append(_replica_state(settings, kind, i, pong))

@@ -19,7 +19,7 @@ from litestar.di import NamedDependency
 from app.schemas.transcription import OPENAI_MODEL_ALIAS
 from app.schemas.models import Model, ModelList
 from app.settings import Settings
-from app.workers import client
+from app.workers.client import WorkerPool
 
 log = logging.getLogger("app.http")
 
@@ -41,9 +41,9 @@ def check_model(settings: Settings, name: str | None) -> None:
 
 
 @get("/v1/models", name="models", cache=False)
-async def models(settings: NamedDependency[Settings]) -> ModelList:
+async def models(workers: NamedDependency[WorkerPool]) -> ModelList:
     """The loaded transcription model under every name it answers to (empty while loading)."""
-    pong = await client.any_pong(settings, "whisper")
+    pong = await workers.any_pong("whisper")
     if pong is None:
         return ModelList(data=[])
     return ModelList(data=[Model(id=name, created=STARTED) for name in model_names(pong.model)])

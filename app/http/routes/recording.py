@@ -36,7 +36,7 @@ from app.errors import ServiceError, Unavailable
 from app.http.routes.disconnect import ClientWatch
 from app.results import Entry, KeyLock, ResultStore
 from app.settings import Settings
-from app.workers import client
+from app.workers.client import WorkerPool
 
 log = logging.getLogger("app.http")
 
@@ -91,14 +91,14 @@ class Recording(Generic[_T]):
 
 
 @asynccontextmanager
-async def served(request: Request, settings: Settings, job: Recording[_T]) -> AsyncIterator[Outcome[_T]]:
+async def served(request: Request, workers: WorkerPool, job: Recording[_T]) -> AsyncIterator[Outcome[_T]]:
     """The job's `Outcome`, stored, attached to, or computed (see the module docstring).
 
     The outcome's file is deleted when the block exits; the access log gets the result's
     audio seconds. Raises what downloading and the worker raise, and `ClientGone` when the
     client leaves first.
     """
-    outcome = await _serve(request, settings, job)
+    outcome = await _serve(request, workers, job)
     request.state.audio_seconds = job.audio_seconds(outcome.value)
     try:
         yield outcome
@@ -107,7 +107,8 @@ async def served(request: Request, settings: Settings, job: Recording[_T]) -> As
             outcome.blob.unlink(missing_ok=True)
 
 
-async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Outcome[_T]:
+async def _serve(request: Request, workers: WorkerPool, job: Recording[_T]) -> Outcome[_T]:
+    settings = workers.settings
     watch = ClientWatch(request)
     store = ResultStore.open(settings)
     locks: list[KeyLock] = []
@@ -125,7 +126,7 @@ async def _serve(request: Request, settings: Settings, job: Recording[_T]) -> Ou
             locks.append(got)
             aliases = (alias,)
         paths = await watch.while_connected(_download_all(settings, job))
-        identity = await _identity(settings, job.kinds)
+        identity = await _identity(workers, job.kinds)
         if identity is None:  # the worker is (re)starting: compute without the store
             return await watch.while_connected(_compute(job, paths))
         name = results.key(job.route, job.digests, job.params, identity)
@@ -158,15 +159,15 @@ async def _found(
     return Outcome(msgspec.msgpack.decode(entry.value, type=job.result_type), blob)
 
 
-async def _identity(settings: Settings, kinds: tuple[str, ...]) -> list[dict[str, Any]] | None:
+async def _identity(workers: WorkerPool, kinds: tuple[str, ...]) -> list[dict[str, Any]] | None:
     """What identifies the loaded models of the `kinds` workers and their settings; None
     when one of them does not answer a ping (then nothing is stored)."""
     identity = []
     for kind in kinds:
-        pong = await client.any_pong(settings, kind)
+        pong = await workers.any_pong(kind)
         if pong is None:
             return None
-        settings_part = MODEL_SETTINGS[kind](settings)
+        settings_part = MODEL_SETTINGS[kind](workers.settings)
         identity.append({"kind": kind, "model": pong.model, "device": pong.device, "info": pong.info, "settings": settings_part})
     return identity
 

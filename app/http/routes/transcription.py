@@ -55,7 +55,7 @@ from app.transcripts.formats import (
     out_words,
     text_body,
 )
-from app.workers import client
+from app.workers.client import WorkerPool
 from app.workers.messages import Diarization, DiarizeRequest, Task, TranscribeRequest, Transcript
 
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -146,25 +146,25 @@ def _language(value: str | None) -> str | None:
 
 
 async def _transcribe(
-    settings: Settings, request: TranscribeRequest, diarize: bool
+    workers: WorkerPool, request: TranscribeRequest, diarize: bool
 ) -> tuple[Transcript, Attributed | None]:
     """The Whisper worker's transcript of ``request.path``, with speakers from the diarizer
     worker (run on the same file at the same time) when `diarize` is set. A failure of
     either worker cancels the other."""
-    whisper = client.call(settings, "whisper", request, Transcript)
+    whisper = workers.call("whisper", request, Transcript)
     if not diarize:
         return await whisper, None
     diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset)
     try:
         async with asyncio.TaskGroup() as group:
             transcript = group.create_task(whisper)
-            diarization = group.create_task(client.call(settings, "diarizer", diarize_request, Diarization))
+            diarization = group.create_task(workers.call("diarizer", diarize_request, Diarization))
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
     return transcript.result(), attribute(transcript.result(), diarization.result().diarization)
 
 
-async def _uploads(request: Request, settings: Settings, task: Task) -> Response | msgspec.Struct:
+async def _uploads(request: Request, settings: Settings, workers: WorkerPool, task: Task) -> Response | msgspec.Struct:
     """The shared body of the two upload routes: read the form, run every file, shape the answer."""
     try:
         form = await request.form()
@@ -191,7 +191,7 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
             try:
                 async with _spooled_to_disk(upload, settings) as path:
                     work = _transcribe(
-                        settings,
+                        workers,
                         TranscribeRequest(
                             path=str(path),
                             language=language,
@@ -240,7 +240,7 @@ async def _uploads(request: Request, settings: Settings, task: Task) -> Response
     operation_class=multipart_operation(UploadForm, text_media_types=("text/plain", "text/vtt")),
 )
 async def transcriptions(
-    request: Request, settings: NamedDependency[Settings]
+    request: Request, settings: NamedDependency[Settings], workers: NamedDependency[WorkerPool]
 ) -> JsonTranscription | VerboseTranscription | DiarizedTranscription | BatchTranscription:
     """Transcribe uploaded audio (OpenAI's ``POST /v1/audio/transcriptions``).
 
@@ -248,7 +248,7 @@ async def transcriptions(
     answer ``{"results": [...]}`` in upload order (JSON formats only). ``batch=true``
     requires ``files``. ``language`` omitted or ``auto`` is detected.
     """
-    return await _uploads(request, settings, "transcribe")  # type: ignore[return-value]
+    return await _uploads(request, settings, workers, "transcribe")  # type: ignore[return-value]
 
 
 @post(
@@ -258,11 +258,11 @@ async def transcriptions(
     operation_class=multipart_operation(TranslationForm, text_media_types=("text/plain", "text/vtt")),
 )
 async def translations(
-    request: Request, settings: NamedDependency[Settings]
+    request: Request, settings: NamedDependency[Settings], workers: NamedDependency[WorkerPool]
 ) -> JsonTranscription | VerboseTranscription | BatchTranscription:
     """Translate uploaded speech in any language into English text (OpenAI's
     ``POST /v1/audio/translations``). Needs a multilingual Whisper model (400 otherwise)."""
-    return await _uploads(request, settings, "translate")  # type: ignore[return-value]
+    return await _uploads(request, settings, workers, "translate")  # type: ignore[return-value]
 
 
 @post(
@@ -272,7 +272,8 @@ async def translations(
     request_max_body_size=JSON_BODY_LIMIT_BYTES,
 )
 async def transcriptions_from_url(
-    request: Request, data: JSONBody[UrlTranscriptionRequest], settings: NamedDependency[Settings]
+    request: Request, data: JSONBody[UrlTranscriptionRequest], settings: NamedDependency[Settings],
+    workers: NamedDependency[WorkerPool],
 ) -> UrlTranscription:
     """Download ``audio_file_url`` and transcribe the whole recording.
 
@@ -291,7 +292,7 @@ async def transcriptions_from_url(
         whisper_request = TranscribeRequest(
             path=str(paths[0]), language=language, timestamp_offset=data.timestamp_offset, priority="recording"
         )
-        return UrlResult(*await _transcribe(settings, whisper_request, data.diarize)), None
+        return UrlResult(*await _transcribe(workers, whisper_request, data.diarize)), None
 
     job = Recording(
         route="transcriptions-from-url",
@@ -302,7 +303,7 @@ async def transcriptions_from_url(
         result_type=UrlResult,
         audio_seconds=lambda result: result.transcript.duration,
     )
-    async with served(request, settings, job) as (result, _):
+    async with served(request, workers, job) as (result, _):
         transcript, speakers = result.transcript, result.speakers
         return UrlTranscription(
             text=transcript.text,

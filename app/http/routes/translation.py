@@ -27,7 +27,7 @@ from app.http.routes import JSON_BODY_LIMIT_BYTES
 from app.languages import load_table
 from app.schemas.translation import TranslationParameters, TranslationResult
 from app.settings import Settings
-from app.workers import client
+from app.workers.client import WorkerPool
 from app.workers.messages import TranslateRequest, Translation
 
 DEFAULT_SOURCE = "en"
@@ -48,6 +48,7 @@ def _code(value: str | None, default: str, side: str) -> str:
 @post("/translate", name="translate", status_code=200, request_max_body_size=JSON_BODY_LIMIT_BYTES)
 async def translate(
     settings: NamedDependency[Settings],
+    workers: NamedDependency[WorkerPool],
     data: JSONBody[TranslationParameters | None] = None,
     text: Annotated[str | None, Parameter(description="the text to translate")] = None,
     source_language: Annotated[str | None, Parameter(description="Reflector's code, default en")] = None,
@@ -73,5 +74,5 @@ async def translate(
     target = _code(target_language if target_language is not None else body.target_language, DEFAULT_TARGET, "target_language")
     if source == target:
         return TranslationResult(text={source: text})
-    result = await client.call(settings, "translator", TranslateRequest(text, source, target), Translation)
+    result = await workers.call("translator", TranslateRequest(text, source, target), Translation)
     return TranslationResult(text={source: text, target: result.text})

@@ -22,9 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from testing.pebble import (  # noqa: E402
+    acme_env,
+    pebble_context,
+    running_pebble,  # noqa: E402
+    wait_https,
+)
 from testing.service import free_port, start_service  # noqa: E402
-from testing.pebble import running_pebble  # noqa: E402
-from tests.test_acme import acme_env, pebble_context, stop, wait_https  # noqa: E402
+from testing.service import stop_and_remove as stop  # noqa: E402
 
 
 def main() -> int:

@@ -25,8 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import tls  # noqa: E402
-from testing.service import pyannote_sample_dir, running_service, serve_audio  # noqa: E402
-from tests.test_retries import WorkerWatch  # noqa: E402
+from testing.service import (  # noqa: E402
+    WorkerWatch,  # noqa: E402
+    pyannote_sample_dir,
+    running_service,
+    serve_audio,
+)
 
 REPEATS = 20  # 20 x 30 s = 10 minutes
 TRIES = 4  # Reflector's first try and 3 retries

@@ -10,10 +10,12 @@ memory: its root for issued certificates (`root_pem`) is new at every start.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import tls
-from testing.service import free_port
+from testing.service import Service, free_port, strict_context
 
 
 def available() -> bool:
@@ -124,3 +126,56 @@ def running_pebble(http_port: int, validity_seconds: int = 3600) -> Iterator[Peb
     finally:
         pebble.stop()
         shutil.rmtree(pebble.work_dir, ignore_errors=True)
+
+
+# -- the service against pebble: shared by tests/service/tls and bench/acme_start.py ---------
+DOMAIN = "gpu.test"  # pebble-challtestsrv resolves every name to 127.0.0.1
+
+
+def acme_env(p: Pebble, **extra: str) -> dict[str, str]:
+    return {
+        "REFLECTOR_GPU_TLS": "acme",
+        "REFLECTOR_GPU_DOMAIN": DOMAIN,
+        "REFLECTOR_GPU_ACME_DIRECTORY": p.directory_url,
+        "REFLECTOR_GPU_ACME_CA": str(p.tls_ca),
+        "REFLECTOR_GPU_HTTP_PORT": str(p.http_port),
+        **extra,
+    }
+
+
+def port_of(service: Service) -> int:
+    return int(service.base_url.rsplit(":", 1)[1])
+
+
+def https_get(port: int, context: ssl.SSLContext, name: str = DOMAIN, path: str = "/health",
+              key: str | None = None) -> tuple[int, str]:
+    """One fresh TLS connection verified as `name`: (HTTP status, SHA-256 of the served leaf)."""
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as conn:
+            leaf = hashlib.sha256(conn.getpeercert(binary_form=True)).hexdigest()
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\n{auth}Connection: close\r\n\r\n".encode())
+            head = conn.recv(64).split(b" ", 2)
+    return int(head[1]), leaf
+
+
+def wait_https(service: Service, context: ssl.SSLContext, name: str = DOMAIN, timeout: float = 90.0) -> float:
+    """Seconds until ``/health`` answers 200 over verified HTTPS; fails if the service exits."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if service.process.poll() is not None:
+            raise AssertionError(f"service exited with {service.process.returncode}:\n{service.log()}")
+        try:
+            if https_get(port_of(service), context, name)[0] == 200:
+                return time.monotonic() - started
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no HTTPS answer in {timeout} s:\n{service.log()}")
+
+
+def pebble_context(p: Pebble, directory: Path) -> ssl.SSLContext:
+    """Trust only pebble's root for issued certificates (``/roots/0``), strict X.509 checks."""
+    root = directory / "pebble-root.pem"
+    root.write_bytes(p.root_pem())
+    return strict_context(root)

@@ -11,6 +11,7 @@ here, before huggingface_hub reads it, and every service inherits it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import http.server
@@ -290,3 +291,95 @@ def serve_audio(files: dict[str, Path]) -> Iterator[AudioServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def stop_and_remove(service: Service) -> None:
+    """Stop `service` and delete its state directory."""
+    service.stop()
+    shutil.rmtree(service.state_dir, ignore_errors=True)
+
+
+def pongs(service: Service, kind: str = "whisper", replicas: int = 1):
+    """Each replica's `Pong` of the `kind` worker of `service` (None where one does not answer)."""
+    from app import settings as settings_module
+    from app.workers.client import ping
+
+    settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
+    return [asyncio.run(ping(settings, kind, i)) for i in range(replicas)]
+
+
+def queued_seconds(service: Service) -> float:
+    """Seconds of audio the (single) Whisper worker holds; 0 while it does not answer."""
+    pong = pongs(service)[0]
+    return 0.0 if pong is None else pong.queued_seconds
+
+
+def wait_for(condition, timeout: float = 60.0, step: float = 0.02) -> bool:
+    """Poll `condition()` every `step` s until it is true (True) or `timeout` s pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+class WorkerWatch:
+    """Counts a worker's jobs while active: busy periods (`runs`), most jobs at once
+    (`most`), checked against the change of `Pong.jobs_done`."""
+
+    def __init__(self, service: Service, kind: str) -> None:
+        from app import settings as settings_module
+
+        self.settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
+        self.kind = kind
+        self.runs = 0
+        self.most = 0
+        self.jobs_done_before = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        from app.workers.client import ping
+
+        busy_before = 0
+
+        async def loop() -> None:
+            nonlocal busy_before
+            while not self._stop.is_set():
+                pong = await ping(self.settings, self.kind)
+                if pong is not None:
+                    if pong.busy and not busy_before:
+                        self.runs += 1
+                    busy_before = pong.busy
+                    self.most = max(self.most, pong.busy)
+                await asyncio.sleep(0.02)
+
+        asyncio.run(loop())
+
+    def _pong(self):
+        from app.workers.client import ping
+
+        pong = asyncio.run(ping(self.settings, self.kind))
+        assert pong is not None, f"the {self.kind} worker does not answer"
+        return pong
+
+    def busy_now(self) -> int:
+        return self._pong().busy
+
+    def __enter__(self) -> WorkerWatch:
+        self.jobs_done_before = self._pong().jobs_done
+        self._thread.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def model_runs(self) -> int:
+        """Jobs the worker ran since the watch began; `Pong.jobs_done` must say the same."""
+        pong = self._pong()
+        assert not pong.busy, "model_runs() is for a quiet worker"
+        assert pong.jobs_done - self.jobs_done_before == self.runs, (pong.jobs_done, self.jobs_done_before, self.runs)
+        return self.runs

@@ -33,8 +33,8 @@ import pytest
 from litestar.testing import TestClient
 
 from app.settings import Settings
-from app.workers.protocol import Pong
 from app.supervision.rundir import socket_path
+from app.workers.protocol import Pong
 from app.workers.server import WorkerServer
 
 API_KEY = "stub-key-0123456789"

@@ -247,3 +247,19 @@ if pytest is not None:
     def madlad_model(tmp_path_factory) -> Path:
         """A tiny MADLAD-400 (T5) model directory (CTranslate2) with ``<2xx>`` tokens."""
         return build_madlad(tmp_path_factory.getbasetemp() / "translation-models" / "madlad")
+
+    @pytest.fixture(scope="module")
+    def marian(marian_model):
+        """The translator engine on the tiny MarianMT model (CPU)."""
+        from app.settings import Settings
+        from app.workers.translator import TranslatorEngine
+
+        return TranslatorEngine(Settings(translation_model=str(marian_model), device="cpu"))
+
+    @pytest.fixture(scope="module")
+    def m2m100(m2m100_model):
+        """The translator engine on the tiny M2M100 model (CPU)."""
+        from app.settings import Settings
+        from app.workers.translator import TranslatorEngine
+
+        return TranslatorEngine(Settings(translation_model=str(m2m100_model), device="cpu"))

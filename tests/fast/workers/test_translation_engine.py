@@ -20,8 +20,10 @@ from app.workers.translator import (
 from testing.languages import reflector_codes
 from testing.translation_models import (  # noqa: F401 - fixtures
     build_marian,
+    m2m100,
     m2m100_model,
     madlad_model,
+    marian,
     marian_model,
     nllb_model,
 )
@@ -134,11 +136,3 @@ def test_marian_without_language_pair_is_refused(tmp_path):
 # --- the engine on real (tiny) models ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def marian(marian_model):
-    return TranslatorEngine(Settings(translation_model=str(marian_model), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def m2m100(m2m100_model):
-    return TranslatorEngine(Settings(translation_model=str(m2m100_model), device="cpu"))

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 
-
-
 def test_every_line_of_the_service_is_json_granians_own_included(cert_dir: Path) -> None:
     from testing.service import running_service
 

@@ -11,7 +11,7 @@ import pytest
 
 from testing.audiogen import decode, rms, write_tone, write_video_only
 from testing.service import Service
-from tests.test_request_validation import PAD_OK
+from tests.fast.http.test_request_validation import PAD_OK
 
 pytest_plugins = ["testing.seaweedfs"]
 

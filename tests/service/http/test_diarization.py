@@ -16,7 +16,6 @@ import pytest
 
 from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, write_wav
 
-
 MAX_DER = 0.08  # issue target for the default pipeline on pyannote's sample (collar 0)
 
 

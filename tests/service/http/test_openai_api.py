@@ -25,7 +25,6 @@ from openai.types.audio import Transcription, TranscriptionDiarized, Transcripti
 
 from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, strict_context
 
-
 MIN_SPEAKER_AGREEMENT = 0.90  # issue 13: share of words whose speaker matches sample.rttm
 SPEECH = {
     "fr": "Bonjour à tous. La réunion commence maintenant. Aujourd'hui, nous allons parler du budget "

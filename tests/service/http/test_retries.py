@@ -11,10 +11,8 @@ workers serve, so retries land on either.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,74 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testing.service import Service, running_service
+from testing.service import Service, WorkerWatch, running_service
 
 pytest_plugins = ["testing.seaweedfs"]
 
 FULL_JOB_SECONDS: dict[str, float] = {}  # measured by the first test, used by the last
 TTL_SECONDS = 20  # long enough for a retry to find the result; short enough to see it expire
 FIRST_TIMEOUT = httpx.Timeout(60.0, read=2.0)  # the impatient first client
-
-
-class WorkerWatch:
-    """Counts a worker's jobs while active: busy periods (`runs`), most jobs at once
-    (`most`), checked against the change of `Pong.jobs_done`."""
-
-    def __init__(self, service: Service, kind: str) -> None:
-        from app import settings as settings_module
-
-        self.settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
-        self.kind = kind
-        self.runs = 0
-        self.most = 0
-        self.jobs_done_before = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        from app.workers.client import ping
-
-        busy_before = 0
-
-        async def loop() -> None:
-            nonlocal busy_before
-            while not self._stop.is_set():
-                pong = await ping(self.settings, self.kind)
-                if pong is not None:
-                    if pong.busy and not busy_before:
-                        self.runs += 1
-                    busy_before = pong.busy
-                    self.most = max(self.most, pong.busy)
-                await asyncio.sleep(0.02)
-
-        asyncio.run(loop())
-
-    def _pong(self):
-        from app.workers.client import ping
-
-        pong = asyncio.run(ping(self.settings, self.kind))
-        assert pong is not None, f"the {self.kind} worker does not answer"
-        return pong
-
-    def busy_now(self) -> int:
-        return self._pong().busy
-
-    def __enter__(self) -> WorkerWatch:
-        self.jobs_done_before = self._pong().jobs_done
-        self._thread.start()
-        time.sleep(0.2)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def model_runs(self) -> int:
-        """Jobs the worker ran since the watch began; `Pong.jobs_done` must say the same."""
-        pong = self._pong()
-        assert not pong.busy, "model_runs() is for a quiet worker"
-        assert pong.jobs_done - self.jobs_done_before == self.runs, (pong.jobs_done, self.jobs_done_before, self.runs)
-        return self.runs
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 from testing.service import Service, running_service, start_service
 from testing.translation_models import generated_sentences, m2m100_model, marian_model  # noqa: F401
 
-
 MAX_CHARS = 6000
 SENTENCE = "Kalo mine rusa to vize. Ne ru sa poda!"
 

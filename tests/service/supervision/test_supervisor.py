@@ -16,8 +16,15 @@ import numpy as np
 
 from app import tls
 from app.audio.decode import decode_mono
-from testing.service import pyannote_sample_dir, running_service, start_service, strict_context, write_wav
-from tests.test_scheduling import queued_seconds, wait_for
+from testing.service import (
+    pyannote_sample_dir,
+    queued_seconds,
+    running_service,
+    start_service,
+    strict_context,
+    wait_for,
+    write_wav,
+)
 
 
 def served_fingerprint(port: int, ca_file: Path) -> str:

@@ -17,7 +17,6 @@ import httpx
 from app.supervision.watchdog import ping_blocking
 from testing.service import running_service
 
-
 pytest_plugins = ["testing.stub_workers"]
 
 

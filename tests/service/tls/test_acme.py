@@ -23,63 +23,8 @@ from app import settings as settings_module
 from app import tls
 from app.tls.acme import store_dir
 from testing import pebble as pebble_module
-from testing.service import Service, free_port, plain_request, start_service, strict_context
-
-DOMAIN = "gpu.test"  # pebble-challtestsrv resolves every name to 127.0.0.1
-
-
-def acme_env(p: pebble_module.Pebble, **extra: str) -> dict[str, str]:
-    return {
-        "REFLECTOR_GPU_TLS": "acme",
-        "REFLECTOR_GPU_DOMAIN": DOMAIN,
-        "REFLECTOR_GPU_ACME_DIRECTORY": p.directory_url,
-        "REFLECTOR_GPU_ACME_CA": str(p.tls_ca),
-        "REFLECTOR_GPU_HTTP_PORT": str(p.http_port),
-        **extra,
-    }
-
-
-def port_of(service: Service) -> int:
-    return int(service.base_url.rsplit(":", 1)[1])
-
-
-def https_get(port: int, context: ssl.SSLContext, name: str = DOMAIN, path: str = "/health",
-              key: str | None = None) -> tuple[int, str]:
-    """One fresh TLS connection verified as `name`: (HTTP status, SHA-256 of the served leaf)."""
-    auth = f"Authorization: Bearer {key}\r\n" if key else ""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as conn:
-            leaf = hashlib.sha256(conn.getpeercert(binary_form=True)).hexdigest()
-            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\n{auth}Connection: close\r\n\r\n".encode())
-            head = conn.recv(64).split(b" ", 2)
-    return int(head[1]), leaf
-
-
-def wait_https(service: Service, context: ssl.SSLContext, name: str = DOMAIN, timeout: float = 90.0) -> float:
-    """Seconds until ``/health`` answers 200 over verified HTTPS; fails if the service exits."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if service.process.poll() is not None:
-            raise AssertionError(f"service exited with {service.process.returncode}:\n{service.log()}")
-        try:
-            if https_get(port_of(service), context, name)[0] == 200:
-                return time.monotonic() - started
-        except (OSError, IndexError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"no HTTPS answer in {timeout} s:\n{service.log()}")
-
-
-def pebble_context(p: pebble_module.Pebble, directory: Path) -> ssl.SSLContext:
-    """Trust only pebble's root for issued certificates (``/roots/0``), strict X.509 checks."""
-    root = directory / "pebble-root.pem"
-    root.write_bytes(p.root_pem())
-    return strict_context(root)
-
-
-def stop(service: Service) -> None:
-    service.stop()
-    shutil.rmtree(service.state_dir, ignore_errors=True)
+from testing.pebble import DOMAIN, acme_env, https_get, pebble_context, port_of, wait_https
+from testing.service import free_port, plain_request, start_service, stop_and_remove, strict_context
 
 
 # -- the service against pebble -----------------------------------------------------------
@@ -105,7 +50,7 @@ def test_first_certificate_over_http01_then_restarts_reuse_certificate_and_accou
             assert moved.status == 308
             assert moved.getheader("Location") == f"https://{DOMAIN}:{port_of(service)}/v1/audio/transcriptions?x=1"
         finally:
-            stop(service)
+            stop_and_remove(service)
         account = (store / "account.json").read_text()
         account_key = (store / "account-key.pem").read_bytes()
 
@@ -117,7 +62,7 @@ def test_first_certificate_over_http01_then_restarts_reuse_certificate_and_accou
             assert "reusing the ACME certificate" in log
             assert "ordering an ACME certificate" not in log and "registered ACME account" not in log
         finally:
-            stop(service)
+            stop_and_remove(service)
 
         service = start_service(None, wait=False, **{**env, "REFLECTOR_GPU_DOMAIN": f"{DOMAIN},www.{DOMAIN}"})
         try:  # a name added: a new order, under the same account
@@ -127,7 +72,7 @@ def test_first_certificate_over_http01_then_restarts_reuse_certificate_and_accou
             assert "registered ACME account" not in log
             assert https_get(port_of(service), context)[1] != first
         finally:
-            stop(service)
+            stop_and_remove(service)
         assert (store / "account.json").read_text() == account
         assert (store / "account-key.pem").read_bytes() == account_key
     shutil.rmtree(state, ignore_errors=True)
@@ -179,7 +124,7 @@ def test_short_certificate_is_renewed_without_a_failed_connection_and_kept_when_
             assert failed and "keeps serving" in failed[0], service.log()
             assert https_get(port, context) == (200, served)
         finally:
-            stop(service)
+            stop_and_remove(service)
 
 
 # -- client certificates -------------------------------------------------------------------
@@ -228,7 +173,7 @@ def test_mtls_refuses_clients_without_a_certificate_and_combines_with_keys(cert_
                 with pytest.raises(httpx.TransportError):
                     client.post(path, headers={"Authorization": "Bearer mtls-key"})
     finally:
-        stop(service)
+        stop_and_remove(service)
 
 
 def _with_chain(cert_dir: Path, pair: tuple[Path, Path]) -> ssl.SSLContext:
@@ -256,4 +201,4 @@ def test_no_https_until_the_first_certificate_and_a_clean_stop_while_waiting(tmp
         assert plain_request(http_port, "GET", "/health", DOMAIN).status == 308  # the HTTP side is up
         assert service.stop() == 0
     finally:
-        stop(service)
+        stop_and_remove(service)

@@ -6,7 +6,6 @@ clip" is 2 s of it uploaded as Reflector's live path does.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import signal
@@ -18,9 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app import settings as settings_module
-from app.workers.client import ping
-from testing.service import Service, running_service, write_wav
+from testing.service import Service, pongs, queued_seconds, running_service, wait_for, write_wav
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +36,6 @@ def live_clip(tmp_path_factory, sample_wav: Path) -> Path:
 
     audio = decode_mono(sample_wav)
     return write_wav(tmp_path_factory.mktemp("audio") / "clip.wav", audio[int(6.5 * 16000) : int(8.5 * 16000)])
-
-
-def pongs(service: Service, kind: str = "whisper", replicas: int = 1):
-    settings = settings_module.load({"REFLECTOR_GPU_STATE_DIR": str(service.state_dir)})
-    return [asyncio.run(ping(settings, kind, i)) for i in range(replicas)]
-
-
-def queued_seconds(service: Service) -> float:
-    """Seconds of audio the (single) Whisper worker holds; 0 while it does not answer."""
-    pong = pongs(service)[0]
-    return 0.0 if pong is None else pong.queued_seconds
-
-
-def wait_for(condition, timeout: float = 60.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
 
 
 def from_url(client: httpx.Client, url: str, offset: float = 0.0) -> httpx.Response:

@@ -21,8 +21,10 @@ from app.workers.translator import (
 from testing.languages import reflector_codes
 from testing.translation_models import (  # noqa: F401 - fixtures
     generated_sentences,
+    m2m100,
     m2m100_model,
     madlad_model,
+    marian,
     marian_model,
     nllb_model,
 )
@@ -82,16 +84,6 @@ def test_fetch_converts_a_local_transformers_directory(tmp_path, marian_model, m
 
 
 # --- the engine on real (tiny) models ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def marian(marian_model):
-    return TranslatorEngine(Settings(translation_model=str(marian_model), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def m2m100(m2m100_model):
-    return TranslatorEngine(Settings(translation_model=str(m2m100_model), device="cpu"))
 
 
 def test_marian_translates_deterministically(marian):

@@ -12,9 +12,9 @@ import pytest
 
 from app import settings as settings_module
 from app.errors import BadRequest, Unavailable
+from app.supervision.rundir import socket_path
 from app.workers import client
 from app.workers.messages import TranslateRequest, Translation
-from app.supervision.rundir import socket_path
 from testing.translation_models import m2m100_model  # noqa: F401
 
 

@@ -269,7 +269,8 @@ def tune_embedded(files, args) -> None:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     from app.diarization import embedded
-    from app.diarization.pipeline import Options, Source, load_pipeline
+    from app.diarization.pipeline import Options, load_pipeline
+    from app.models.diarization import Source
 
     pipeline = load_pipeline(Source("embedded", str(embedded.bundle_dir())), Options(segmentation_step=args.step),
                              hf_token=None, models_dir=Path("models"))

@@ -1,6 +1,6 @@
 """Building the pyannote.audio diarization pipeline from ``REFLECTOR_GPU_DIARIZATION_MODEL``.
 
-Four sources, one setting (`resolve_source`):
+Four sources, one setting (decided by `app.models.diarization.resolve_source`):
 
 - ``fast`` (default): the `fast` pipeline of `app.diarization.fast` on the embedded
   bundle's segmentation-3.0 and CAM++ (not a pyannote `Pipeline`; the worker builds it).
@@ -26,27 +26,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from app.errors import ModelNotFound
-from app.models import looks_like_path
+from app.models.diarization import CONFIG_NAME, EMBEDDED, FAST, HUB_PIPELINES, SETTING, Source, hub_cache_dir, resolve_source
 
 log = logging.getLogger("app.diarization")
 
-SETTING = "REFLECTOR_GPU_DIARIZATION_MODEL"
-FAST = "fast"
-EMBEDDED = "embedded"
-HUB_PIPELINES = ("pyannote/speaker-diarization-3.1", "pyannote/speaker-diarization-community-1")
-CONFIG_NAME = "config.yaml"
 _MODEL_KEYS = ("segmentation", "embedding", "plda")  # pipeline params that name model files
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the pipeline comes from: `kind` and a directory (embedded, local) or hub name."""
-
-    kind: Literal["fast", "embedded", "local", "hub"]
-    location: str
 
 
 @dataclass(frozen=True)
@@ -63,36 +50,6 @@ class Options:
     segmentation_step: float = 0.1
     segmentation_batch_size: int = 32
     embedding_batch_size: int = 32
-
-
-def hub_cache_dir(models_dir: Path) -> Path:
-    """Where hub pipelines are cached: ``<models dir>/diarization-hub``."""
-    return models_dir / "diarization-hub"
-
-
-def resolve_source(name: str, embedded_dir: Path) -> Source:
-    """Decide what ``REFLECTOR_GPU_DIARIZATION_MODEL=name`` means, without loading anything.
-
-    Raises `ModelNotFound` naming the setting for a directory without ``config.yaml``,
-    a missing path, or a name that is neither ``embedded`` nor a hub id (``org/name``).
-    """
-    if name == FAST:
-        return Source("fast", str(embedded_dir))
-    if name == EMBEDDED:
-        return Source("embedded", str(embedded_dir))
-    path = Path(name).expanduser()
-    if looks_like_path(name):
-        if not path.is_dir():
-            raise ModelNotFound(f"{SETTING}={name}: no such directory (mount the pipeline bundle there)")
-        if not (path / CONFIG_NAME).is_file():
-            raise ModelNotFound(f"{SETTING}={name}: the directory holds no pyannote pipeline {CONFIG_NAME}")
-        return Source("local", str(path))
-    if name.count("/") == 1 and all(name.split("/")):
-        return Source("hub", name)
-    raise ModelNotFound(
-        f"{SETTING}={name}: not understood; use 'fast', 'embedded', a directory holding a pyannote "
-        f"pipeline {CONFIG_NAME}, or a hub pipeline such as {' or '.join(HUB_PIPELINES)} (with HF_TOKEN)"
-    )
 
 
 def resolve_config(config_path: Path, base: Path | None = None) -> dict[str, Any]:

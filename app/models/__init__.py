@@ -394,7 +394,7 @@ def translation_model_path(settings: Settings, fetch: bool = False) -> Path:
 def check_paths(settings: Settings) -> list[str]:
     """Problems with every model setting that names a path (Whisper, diarization,
     translation), found before any worker starts; one line each, naming the setting."""
-    from app.diarization.pipeline import EMBEDDED, resolve_source
+    from app.models.diarization import EMBEDDED, resolve_source
 
     checks = []
     if settings.whisper_model not in (AUTO, ENGLISH_MODEL, MULTILINGUAL_MODEL) and looks_like_path(settings.whisper_model):

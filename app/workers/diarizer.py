@@ -5,7 +5,7 @@ hints); the reply is a `Diarization`: speaker turns in time order, times in seco
 rounded to 3 decimals and shifted by the request's `timestamp`, speakers as integers
 (pyannote's ``SPEAKER_01`` becomes ``1``). Audio is decoded with PyAV and handed over in
 memory (`app.diarization.audio`). ``REFLECTOR_GPU_DIARIZATION_MODEL`` picks the pipeline
-(`app.diarization.pipeline.resolve_source`): ``fast`` (`app.diarization.fast`), or a
+(`app.models.diarization.resolve_source`): ``fast`` (`app.diarization.fast`), or a
 pyannote.audio `SpeakerDiarization` (``embedded``, a mounted bundle, a hub pipeline).
 The peak resident memory of each job is logged (Linux: VmHWM, reset before the job).
 
@@ -96,7 +96,8 @@ class DiarizerEngine:
 
     def __init__(self, settings: Settings) -> None:
         from app.diarization import embedded  # sets PYANNOTE_METRICS_ENABLED=false
-        from app.diarization.pipeline import Options, resolve_source
+        from app.diarization.pipeline import Options
+        from app.models.diarization import resolve_source
 
         self.settings = settings
         self.source = resolve_source(settings.diarization_model, embedded.bundle_dir())
@@ -214,7 +215,7 @@ def _load_fast(bundle: str, options, threads: int, batch_sizes: dict[str, int] |
     `batch_sizes`: `FastOptions` batch-size overrides from the settings."""
     from app.diarization import embedded
     from app.diarization.fast import FastDiarizer, FastOptions
-    from app.diarization.pipeline import SETTING
+    from app.models.diarization import SETTING
 
     embedded.require_prepared(Path(bundle), f"{SETTING}=fast")
     return FastDiarizer(Path(bundle), options.device, FastOptions(segmentation_step=options.segmentation_step,

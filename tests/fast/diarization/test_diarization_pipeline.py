@@ -40,7 +40,7 @@ def test_diarization_settings_are_validated() -> None:
 
 
 def test_sources_are_named_in_errors(tmp_path: Path) -> None:
-    from app.diarization.pipeline import resolve_source
+    from app.models.diarization import resolve_source
 
     assert resolve_source("embedded", tmp_path).kind == "embedded"
     assert resolve_source("pyannote/speaker-diarization-3.1", tmp_path).kind == "hub"

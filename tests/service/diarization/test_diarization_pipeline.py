@@ -17,7 +17,8 @@ from testing.service import write_wav
 
 @pytest.mark.slow  # imports torch and pyannote
 def test_hub_pipeline_needs_a_token_and_unprepared_embedded_says_how(tmp_path: Path) -> None:
-    from app.diarization.pipeline import Options, Source, load_pipeline
+    from app.diarization.pipeline import Options, load_pipeline
+    from app.models.diarization import Source
 
     with pytest.raises(ModelNotFound) as caught:
         load_pipeline(Source("hub", "pyannote/speaker-diarization-3.1"), Options(), hf_token=None, models_dir=tmp_path)

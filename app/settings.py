@@ -106,6 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     diarization_step: float | None = None
     diarization_segmentation_batch_size: int | None = None  # None: the pipeline's own default
     diarization_embedding_batch_size: int | None = None
+    known_speaker_threshold: float = 0.65  # cosine similarity; measured in bench/known_speakers.py
     translation_model: str = "auto"
 
     orphan_seconds: float = 1800.0
@@ -356,6 +357,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_DIARIZATION_STEP", "diarization_step", _fraction)
     take("REFLECTOR_GPU_DIARIZATION_SEGMENTATION_BATCH_SIZE", "diarization_segmentation_batch_size", _int(1))
     take("REFLECTOR_GPU_DIARIZATION_EMBEDDING_BATCH_SIZE", "diarization_embedding_batch_size", _int(1))
+    take("REFLECTOR_GPU_KNOWN_SPEAKER_THRESHOLD", "known_speaker_threshold", _fraction)
     take("REFLECTOR_GPU_TRANSLATION_MODEL", "translation_model", lambda v: "none" if v.lower() in ("none", "off") else v)
     take("REFLECTOR_GPU_ORPHAN_SECONDS", "orphan_seconds", _non_negative_float)
     take("REFLECTOR_GPU_RESULT_TTL_SECONDS", "result_ttl_seconds", _non_negative_float)

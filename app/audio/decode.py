@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -16,8 +17,8 @@ import numpy as np
 from app.errors import InvalidAudio, PayloadTooLarge
 
 
-def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
-    """Decode the first audio stream of `path`, resampled to `sample_rate` Hz, mixed to mono.
+def decode_mono(path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio stream of `path` (or of a seekable binary file object), resampled to `sample_rate` Hz, mixed to mono.
 
     Returns a float32 array in [-1, 1] of shape (samples,). Corrupt packets inside an
     otherwise valid stream are skipped, as FFmpeg does. Raises `InvalidAudio` when the file
@@ -30,7 +31,7 @@ def decode_mono(path: str | Path, sample_rate: int = 16000, max_seconds: float |
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def decode_chunks(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+def decode_chunks(path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> Iterator[np.ndarray]:
     """`decode_mono`'s samples as FFmpeg hands them over: float32 mono arrays of one decoded
     frame each (milliseconds of audio), in order, so a caller can keep them in a form of
     its own without holding the whole recording twice. Same errors as `decode_mono`,
@@ -38,7 +39,7 @@ def decode_chunks(path: str | Path, sample_rate: int = 16000, max_seconds: float
     max_samples = None if max_seconds is None else int(max_seconds * sample_rate)
     total = 0
     try:
-        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+        with av.open(path if hasattr(path, "read") else str(path), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise InvalidAudio("the file has no audio stream")
             stream = container.streams.audio[0]

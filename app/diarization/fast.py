@@ -408,16 +408,25 @@ class FastDiarizer:
         """Diarize 16 kHz mono `samples` (float32 in [-1, 1], or int16 as from
         `app.diarization.audio.decode_compact`); returns (start s, end s, speaker) turns,
         speakers numbered from 0 in order of first appearance. Raises `Cancelled`."""
+        return self.diarize(samples, hints, should_stop)[0]
+
+    def diarize(self, samples: np.ndarray, hints: SpeakerHints | None = None,
+                should_stop: Callable[[], bool] = lambda: False
+                ) -> tuple[list[tuple[float, float, int]], np.ndarray]:
+        """`__call__`'s turns and each speaker's centroid: ``(turns, centroids)``, centroids
+        (speakers, 192) float32, row i the L2-normalised mean CAM++ embedding of the windows
+        clustered as speaker i (the voice `embed_reference` is compared with)."""
         hints = hints or SpeakerHints()
         duration = len(samples) / SAMPLE_RATE
+        nobody = np.zeros((0, 192), dtype=np.float32)
         if len(samples) == 0:
-            return []
+            return [], nobody
         started = time.perf_counter()
         activity, count = self.segment(samples, should_stop)
         segmented = time.perf_counter()
         windows = self.windows(count, duration, self.changes(activity, len(count)))
         if not windows:
-            return []
+            return [], nobody
         embeddings = self.embed(samples, windows, should_stop)
         embedded = time.perf_counter()
         if should_stop():
@@ -431,7 +440,24 @@ class FastDiarizer:
             embedded - segmented, self.backend, len({speaker for _, _, speaker in turns}), clustered - embedded,
             time.perf_counter() - clustered,
         )
-        return _renumber([(max(0.0, s), min(duration, e), k) for s, e, k in turns if min(duration, e) > max(0.0, s)])
+        turns, order = _renumber([(max(0.0, s), min(duration, e), k) for s, e, k in turns
+                                  if min(duration, e) > max(0.0, s)])
+        ids, centroids = _centroids(embeddings, labels)
+        return turns, centroids[np.searchsorted(ids, np.asarray(order, dtype=int))].astype(np.float32)
+
+    def embed_reference(self, samples: np.ndarray) -> np.ndarray | None:
+        """One voice's embedding from a short recording of it (a known speaker's reference):
+        the L2-normalised mean of the CAM++ embeddings of the windows `diarize` would cut
+        from its speech (same segmentation, windows and fbank features), shape (192,).
+        None when the segmentation finds no stretch long enough for a window."""
+        if len(samples) == 0:
+            return None
+        activity, count = self.segment(samples, lambda: False)
+        windows = self.windows(count, len(samples) / SAMPLE_RATE, self.changes(activity, len(count)))
+        if not windows:
+            return None
+        mean = self.embed(samples, windows, lambda: False).mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-8)).astype(np.float32)
 
 
 def as_float(samples: np.ndarray) -> np.ndarray:
@@ -579,10 +605,11 @@ def _nearest_label(votes: np.ndarray) -> np.ndarray:
     return result
 
 
-def _renumber(turns: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
-    """Speakers renumbered 0, 1, ... in order of first appearance; turns sorted by start."""
+def _renumber(turns: list[tuple[float, float, int]]) -> tuple[list[tuple[float, float, int]], list[int]]:
+    """Speakers renumbered 0, 1, ... in order of first appearance; turns sorted by start.
+    Also returns the old label of each new number (``order[new] == old``)."""
     turns = sorted(turns)
     mapping: dict[int, int] = {}
     for _, _, speaker in turns:
         mapping.setdefault(speaker, len(mapping))
-    return [(start, end, mapping[speaker]) for start, end, speaker in turns]
+    return [(start, end, mapping[speaker]) for start, end, speaker in turns], list(mapping)

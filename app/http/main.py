@@ -26,6 +26,7 @@ from app.logs import setup_logging
 from app.http.middleware import AccessLog, HeadAsGet, RequestBody
 from app.http.request_id import RequestIdMiddleware
 from app.http.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
+from app.http.routes.known_speakers import KNOWN_SPEAKERS_BODY_LIMIT_BYTES
 from app.settings import Settings
 from app.workers.client import WorkerPool
 
@@ -100,7 +101,8 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
         if request.content_type[0] == "multipart/form-data":
             detail = "request body too large (REFLECTOR_GPU_MAX_UPLOAD_BYTES)"
         else:
-            detail = f"request body too large: JSON bodies are limited to {JSON_BODY_LIMIT_BYTES} bytes"
+            detail = (f"request body too large: JSON bodies are limited to {JSON_BODY_LIMIT_BYTES} bytes "
+                      f"({KNOWN_SPEAKERS_BODY_LIMIT_BYTES} where they may carry known_speaker_references)")
     elif isinstance(exc.__context__, ParserLimitReached):  # Litestar sends the part limit as 400
         status, detail = 413, "too many multipart fields"
     _note_error(request, detail)

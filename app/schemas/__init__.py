@@ -9,13 +9,14 @@ come from one place. Times are seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
 
 from msgspec import Meta
 
 from app.audio.fetch import MAX_URL_CHARS
 from app.audio.formats import MP3_RATES
+from app.diarization.known import MAX_REFERENCES
 from app.transcripts.speakers import SpeakerTurn
 from app.workers.messages import Turn
 
@@ -49,6 +50,28 @@ TrackOffset = Annotated[
 Mp3Rate = Literal[MP3_RATES]  # type: ignore[valid-type] - the rates MP3 can carry, in Hz
 
 
-def public_turns(turns: Iterable[SpeakerTurn]) -> list[Turn]:
-    """A worker's speaker turns as the public `Turn` type."""
-    return [Turn(start=t.start, end=t.end, speaker=t.speaker) for t in turns]
+class NamedTurn(Turn, frozen=True, omit_defaults=True):
+    """A public speaker turn: the wire `Turn` (seconds, `speaker` an integer from 0) and
+    `name`, the known speaker whose reference matched this speaker (absent otherwise)."""
+
+    name: str | None = None
+
+
+def public_turns(turns: Iterable[SpeakerTurn], names: Mapping[int, str] | None = None) -> list[NamedTurn]:
+    """A worker's speaker turns as the public type, named from `names` (speaker -> name)."""
+    names = names or {}
+    return [NamedTurn(start=t.start, end=t.end, speaker=t.speaker, name=names.get(t.speaker)) for t in turns]
+
+
+KnownSpeakerNames = Annotated[
+    list[str],
+    Meta(max_length=MAX_REFERENCES, description="OpenAI's known_speaker_names: one short name per reference"),
+]
+KnownSpeakerReferences = Annotated[
+    list[str],
+    Meta(
+        max_length=MAX_REFERENCES,
+        description="OpenAI's known_speaker_references: data URLs (data:audio/wav;base64,...) of 2-10 s of each "
+        "known speaker's voice, in the order of the names",
+    ),
+]

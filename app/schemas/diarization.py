@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import msgspec
 
-from app.workers.messages import Turn
+from app.schemas import KnownSpeakerNames, KnownSpeakerReferences, NamedTurn
 
 
 class DiarizationResult(msgspec.Struct):
-    """Speaker turns sorted by start; seconds (3 decimals); `speaker` an integer from 0."""
+    """Speaker turns sorted by start; seconds (3 decimals); `speaker` an integer from 0;
+    `name` where a known speaker's reference matched."""
 
-    diarization: list[Turn]
+    diarization: list[NamedTurn]
+
+
+class KnownSpeakersBody(msgspec.Struct):
+    """``/diarize``'s optional JSON body: known speakers to name (the `fast` pipeline only)."""
+
+    known_speaker_names: KnownSpeakerNames = []
+    known_speaker_references: KnownSpeakerReferences = []

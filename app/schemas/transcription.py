@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from app.schemas import SpokenLanguage, TimestampOffset, Url
+from app.schemas import KnownSpeakerNames, KnownSpeakerReferences, SpokenLanguage, TimestampOffset, Url
 from app.workers.messages import Segment, Task
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
@@ -68,6 +68,10 @@ class UploadForm(msgspec.Struct, kw_only=True):
     ] = False
     batch: Annotated[bool, Meta(description="accepted for Reflector; needs 'files'")] = False
     stream: Annotated[bool, Meta(description="not supported: true is refused")] = False
+    known_speaker_names: KnownSpeakerNames = msgspec.field(default_factory=list, name="known_speaker_names[]")
+    known_speaker_references: KnownSpeakerReferences = msgspec.field(
+        default_factory=list, name="known_speaker_references[]"
+    )
 
 
 class TranslationForm(UploadForm, kw_only=True):
@@ -78,12 +82,14 @@ class TranslationForm(UploadForm, kw_only=True):
 
 
 class OutWord(msgspec.Struct, omit_defaults=True):
-    """One word with its leading space, as Whisper writes it; `speaker` only when diarized."""
+    """One word with its leading space, as Whisper writes it; `speaker` only when diarized;
+    `name` only when the speaker matched a known speaker's reference."""
 
     word: str
     start: float
     end: float
     speaker: int | None = None
+    name: str | None = None
 
 
 class OutSegment(Segment, omit_defaults=True, frozen=True):
@@ -97,6 +103,7 @@ class OutSegment(Segment, omit_defaults=True, frozen=True):
 
     seek: int
     speaker: int | None = None
+    name: str | None = None
 
 
 class Usage(msgspec.Struct):
@@ -133,7 +140,8 @@ class VerboseTranscription(msgspec.Struct, omit_defaults=True):
 
 class DiarizedSegment(msgspec.Struct):
     """A stretch of speech by one speaker. OpenAI types `id` and `speaker` as strings:
-    `id` is the segment's index, `speaker` the integer ``/diarize`` gives, as a string."""
+    `id` is the segment's index, `speaker` the known speaker's name when a reference
+    matched, else the integer ``/diarize`` gives, as a string."""
 
     id: str
     start: float
@@ -175,6 +183,8 @@ class UrlTranscriptionRequest(msgspec.Struct):
     timestamp_offset: TimestampOffset = 0.0
     batch: bool = False
     diarize: bool = False
+    known_speaker_names: KnownSpeakerNames = []
+    known_speaker_references: KnownSpeakerReferences = []
 
 
 class UrlTranscription(msgspec.Struct, omit_defaults=True):

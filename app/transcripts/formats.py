@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -44,13 +44,18 @@ def attribute(transcript: Transcript, turns: Sequence[SpeakerTurn]) -> Attribute
     return Attributed(words=speakers, parts=split_by_speaker(transcript.segments, transcript.words, speakers, turns))
 
 
-def out_words(transcript: Transcript, speakers: Attributed | None = None) -> list[OutWord]:
-    """The transcript's words, each with its speaker when `speakers` is given."""
+def out_words(
+    transcript: Transcript, speakers: Attributed | None = None, names: Mapping[int, str] | None = None
+) -> list[OutWord]:
+    """The transcript's words, each with its speaker when `speakers` is given, and the
+    speaker's name where `names` (speaker -> known speaker's name) has one."""
     labels = speakers.words if speakers is not None else [None] * len(transcript.words)
-    return [OutWord(w.word, w.start, w.end, label) for w, label in zip(transcript.words, labels)]
+    names = names or {}
+    return [OutWord(w.word, w.start, w.end, label, names.get(label)) for w, label in zip(transcript.words, labels)]
 
 
-def _segment(source: Segment, index: int, start: float, end: float, text: str, tokens: list[int], speaker: int | None) -> OutSegment:
+def _segment(source: Segment, index: int, start: float, end: float, text: str, tokens: list[int], speaker: int | None,
+             name: str | None = None) -> OutSegment:
     return OutSegment(
         id=index,
         seek=round(start * 100),
@@ -63,11 +68,16 @@ def _segment(source: Segment, index: int, start: float, end: float, text: str, t
         compression_ratio=source.compression_ratio,
         no_speech_prob=source.no_speech_prob,
         speaker=speaker,
+        name=name,
     )
 
 
-def out_segments(transcript: Transcript, speakers: Attributed | None = None) -> list[OutSegment]:
-    """Whisper's segments; with `speakers`, cut where the speaker changes, each with its speaker."""
+def out_segments(
+    transcript: Transcript, speakers: Attributed | None = None, names: Mapping[int, str] | None = None
+) -> list[OutSegment]:
+    """Whisper's segments; with `speakers`, cut where the speaker changes, each with its
+    speaker (and its name where `names`, speaker -> known speaker's name, has one)."""
+    names = names or {}
     if speakers is None:
         return [_segment(s, s.id, s.start, s.end, s.text, s.tokens, None) for s in transcript.segments]
     result = []
@@ -78,7 +88,8 @@ def out_segments(transcript: Transcript, speakers: Attributed | None = None) -> 
         text = source.text if whole or not part.words else "".join(transcript.words[i].word for i in part.words)
         tokens = source.tokens if part.source != previous else []
         previous = part.source
-        result.append(_segment(source, len(result), part.start, part.end, text, tokens, part.speaker))
+        result.append(_segment(source, len(result), part.start, part.end, text, tokens, part.speaker,
+                               names.get(part.speaker)))
     return result
 
 
@@ -90,16 +101,19 @@ def json_body(
     filename: str | None = None,
     granularities: Sequence[str] = (),
     speakers: Attributed | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> JsonTranscription | VerboseTranscription | DiarizedTranscription:
     """The body for ``json``, ``verbose_json`` or ``diarized_json``.
 
     `granularities`: OpenAI's ``timestamp_granularities[]``; ``verbose_json`` gives
     `segments` when it holds ``segment`` or is empty (OpenAI's default), and `words` unless
     it holds only ``segment`` (Reflector reads `words`). ``diarized_json`` needs `speakers`.
+    `names`: speaker -> known speaker's name (``diarized_json``: the `speaker` label;
+    otherwise a `name` beside the integer).
     """
     usage = Usage(seconds=transcript.duration)
     if response_format == "json":
-        return JsonTranscription(transcript.text, out_words(transcript, speakers), filename)
+        return JsonTranscription(transcript.text, out_words(transcript, speakers, names), filename)
     if response_format == "verbose_json":
         wanted = set(granularities)
         return VerboseTranscription(
@@ -107,8 +121,8 @@ def json_body(
             language="en" if task == "translate" else transcript.language,
             duration=transcript.duration,
             text=transcript.text,
-            segments=out_segments(transcript, speakers) if not wanted or "segment" in wanted else None,
-            words=out_words(transcript, speakers) if wanted != {"segment"} else None,
+            segments=out_segments(transcript, speakers, names) if not wanted or "segment" in wanted else None,
+            words=out_words(transcript, speakers, names) if wanted != {"segment"} else None,
             filename=filename,
             usage=usage,
         )
@@ -116,8 +130,8 @@ def json_body(
         if speakers is None:
             raise ValueError("diarized_json needs the speakers")
         segments = [
-            DiarizedSegment(id=str(s.id), start=s.start, end=s.end, text=s.text.strip(), speaker=str(s.speaker))
-            for s in out_segments(transcript, speakers)
+            DiarizedSegment(id=str(s.id), start=s.start, end=s.end, text=s.text.strip(), speaker=s.name or str(s.speaker))
+            for s in out_segments(transcript, speakers, names)
             if s.text.strip() and s.speaker is not None
         ]
         return DiarizedTranscription("transcribe", transcript.duration, transcript.text, segments, usage)
@@ -129,17 +143,21 @@ def _cue_text(text: str) -> str:
     return " ".join(text.split()).replace("-->", "->")
 
 
-def _cues(transcript: Transcript, speakers: Attributed | None) -> list[tuple[float, float, str, int | None]]:
+def _cues(
+    transcript: Transcript, speakers: Attributed | None, names: Mapping[int, str] | None
+) -> list[tuple[float, float, str, str | None]]:
+    """(start, end, text, speaker label) per cue: the known speaker's name, ``Speaker N``,
+    or None without speakers."""
     return [
-        (s.start, s.end, _cue_text(s.text), s.speaker)
-        for s in out_segments(transcript, speakers)
+        (s.start, s.end, _cue_text(s.text), None if s.speaker is None else _cue_text(s.name or f"Speaker {s.speaker}"))
+        for s in out_segments(transcript, speakers, names)
         if _cue_text(s.text)
     ]
 
 
-def srt_body(transcript: Transcript, speakers: Attributed | None = None) -> str:
+def srt_body(transcript: Transcript, speakers: Attributed | None = None, names: Mapping[int, str] | None = None) -> str:
     """SubRip subtitles, one cue per segment (per speaker part when diarized, text prefixed
-    ``[Speaker N]``). Empty for a transcript without speech."""
+    ``[Speaker N]``, or ``[<name>]`` for a known speaker). Empty for a transcript without speech."""
     import srt
 
     subtitles = [
@@ -147,9 +165,9 @@ def srt_body(transcript: Transcript, speakers: Attributed | None = None) -> str:
             index=number,
             start=datetime.timedelta(seconds=start),
             end=datetime.timedelta(seconds=max(end, start)),
-            content=text if speaker is None else f"[Speaker {speaker}] {text}",
+            content=text if speaker is None else f"[{speaker}] {text}",
         )
-        for number, (start, end, text, speaker) in enumerate(_cues(transcript, speakers), 1)
+        for number, (start, end, text, speaker) in enumerate(_cues(transcript, speakers, names), 1)
     ]
     return srt.compose(subtitles, reindex=False)
 
@@ -161,30 +179,35 @@ def _vtt_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
 
 
-def vtt_body(transcript: Transcript, speakers: Attributed | None = None) -> str:
+def vtt_body(transcript: Transcript, speakers: Attributed | None = None, names: Mapping[int, str] | None = None) -> str:
     """WebVTT subtitles, one cue per segment (per speaker part when diarized, in a voice
-    span ``<v Speaker N>``); text escaped as WebVTT requires (``&``, ``<``, ``>``)."""
+    span ``<v Speaker N>``, or ``<v name>`` for a known speaker); text escaped as WebVTT
+    requires (``&``, ``<``, ``>``)."""
     import webvtt
 
     captions = []
-    for start, end, text, speaker in _cues(transcript, speakers):
+    for start, end, text, speaker in _cues(transcript, speakers, names):
         escaped = html.escape(text, quote=False)
         captions.append(
             webvtt.Caption(
                 start=_vtt_time(start),
                 end=_vtt_time(max(end, start)),
-                text=escaped if speaker is None else f"<v Speaker {speaker}>{escaped}",
+                text=escaped if speaker is None else f"<v {html.escape(speaker, quote=False)}>{escaped}",
             )
         )
     return webvtt.WebVTT(captions=captions).content
 
 
-def text_body(transcript: Transcript, response_format: str, speakers: Attributed | None = None) -> str:
-    """The body for ``text`` (the transcript and a newline), ``srt`` or ``vtt``."""
+def text_body(
+    transcript: Transcript, response_format: str, speakers: Attributed | None = None,
+    names: Mapping[int, str] | None = None,
+) -> str:
+    """The body for ``text`` (the transcript and a newline), ``srt`` or ``vtt``; `names`:
+    speaker -> known speaker's name, for the cues' speaker labels."""
     if response_format == "text":
         return transcript.text + "\n"
     if response_format == "srt":
-        return srt_body(transcript, speakers)
+        return srt_body(transcript, speakers, names)
     if response_format == "vtt":
-        return vtt_body(transcript, speakers)
+        return vtt_body(transcript, speakers, names)
     raise ValueError(f"not a text response format: {response_format}")

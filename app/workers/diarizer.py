@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from app.errors import Cancelled
+from app.errors import BadRequest, Cancelled
 from app.settings import Settings
 from app.workers.messages import Diarization, DiarizeRequest, Turn
 from app.workers.protocol import Pong
@@ -183,15 +183,26 @@ class DiarizerEngine:
             import numpy as np
 
             from app.diarization.fast import SpeakerHints
+            from app.diarization.known import match_speakers
+
+            references = self._embed_references(request.references)  # first: a bad one fails fast
 
             samples = decode_compact(request.path, self.settings.max_audio_seconds, np.int16)  # 2 bytes/sample
             duration = len(samples) / SAMPLE_RATE
             if not samples.any():  # empty or digital silence
                 return Diarization(diarization=[], duration=round(duration, 3))
             hints = SpeakerHints(request.num_speakers, request.min_speakers, request.max_speakers)
-            turns = self.fast(samples, hints, cancel.is_set)  # raises Cancelled when the client left
+            # raises Cancelled when the client left
+            turns, centroids = self.fast.diarize(samples, hints, cancel.is_set)
+            # Labels SPEAKER_<i> come back as the integer i, so speaker i is centroids[i].
             segments = ((start, end, f"SPEAKER_{speaker:02d}") for start, end, speaker in turns)
-            return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
+            matched = match_speakers(references, centroids, self.settings.known_speaker_threshold)
+            return Diarization(diarization=to_turns(segments, request.timestamp, duration),
+                               duration=round(duration, 3), matched=matched)
+        if request.references:
+            from app.diarization.known import KNOWN_SPEAKERS_NEED_FAST
+
+            raise BadRequest(KNOWN_SPEAKERS_NEED_FAST)
 
         audio = load_waveform(request.path, self.settings.max_audio_seconds)
         duration = duration_seconds(audio)
@@ -208,6 +219,24 @@ class DiarizerEngine:
         annotation = getattr(output, "speaker_diarization", output)
         segments = ((segment.start, segment.end, label) for segment, _, label in annotation.itertracks(yield_label=True))
         return Diarization(diarization=to_turns(segments, request.timestamp, duration), duration=round(duration, 3))
+
+
+    def _embed_references(self, references: list[bytes]):
+        """(references, 192) L2-normalised CAM++ embeddings of the known speakers' recordings.
+        Raises `InvalidAudio` / `BadRequest` naming ``known_speaker_references[i]`` for one
+        that does not decode, is not 2-10 s long, or holds no speech long enough to embed."""
+        import numpy as np
+
+        from app.diarization.known import field, reference_samples
+
+        vectors = []
+        for index, data in enumerate(references):
+            vector = self.fast.embed_reference(reference_samples(data, index))
+            if vector is None:
+                raise BadRequest(f"{field(index)}: no stretch of speech long enough to embed was found; "
+                                 "send 2-10 s of the person speaking")
+            vectors.append(vector)
+        return np.stack(vectors) if vectors else np.zeros((0, 192), dtype=np.float32)
 
 
 def _load_fast(bundle: str, options, threads: int, batch_sizes: dict[str, int] | None = None):

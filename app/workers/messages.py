@@ -82,6 +82,10 @@ class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
 
     Optional speaker-count hints (integers >= 1, checked by the HTTP side):
     `num_speakers` fixes the count; `min_speakers` / `max_speakers` bound it.
+    `references`: known speakers' voices, each 2-10 s of audio in any format FFmpeg
+    decodes (at most 4, each at most 4 MiB, checked by the HTTP side); the reply's
+    `matched` says which speaker each one names (`app.diarization.known`). The `fast`
+    pipeline only.
     """
 
     path: str
@@ -89,6 +93,7 @@ class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    references: list[bytes] = []
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -100,10 +105,13 @@ class Turn(msgspec.Struct, frozen=True):
 
 
 class Diarization(msgspec.Struct, tag="diarization", frozen=True):
-    """Turns sorted by start (then end, speaker); `duration` of the audio in seconds."""
+    """Turns sorted by start (then end, speaker); `duration` of the audio in seconds;
+    `matched`: speaker -> index of the request's reference that names it (only speakers a
+    reference matched; empty without references)."""
 
     diarization: list[Turn]
     duration: float
+    matched: dict[int, int] = {}
 
 
 # -- translation ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``POST /diarize?audio_file_url=URL&timestamp=0.0``: who spoke when.
 
-Parameters come in the query string, as Reflector sends them. The audio is downloaded
+Parameters come in the query string, as Reflector sends them; an optional JSON body names
+known speakers (`app.http.routes.known_speakers`), whose turns then carry a ``name``. The audio is downloaded
 into ``<state>/tmp`` (deleted when the job ends) and the diarizer worker gets its
 path. Answer: ``{"diarization": [{"start", "end", "speaker"}, ...]}``, times in seconds
 rounded to 3 decimals and shifted by `timestamp`, speakers as integers. Optional
@@ -16,13 +17,14 @@ from pathlib import Path
 import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
-from litestar.params import FromQuery
+from litestar.params import FromQuery, JSONBody
 
 from app.errors import BadRequest
+from app.http.routes.known_speakers import KNOWN_SPEAKERS_BODY_LIMIT_BYTES, checked, known_key
 from app.http.routes.recording import Recording, served
 from app.schemas import public_turns
 from app.schemas.openapi import TimestampOffsetQuery, UrlQuery
-from app.schemas.diarization import DiarizationResult
+from app.schemas.diarization import DiarizationResult, KnownSpeakersBody
 from app.workers.client import WorkerPool
 from app.workers.messages import Diarization, DiarizeRequest
 
@@ -41,7 +43,7 @@ def check_speaker_hints(num_speakers: int | None, min_speakers: int | None, max_
         raise BadRequest(f"num_speakers ({num_speakers}) is outside min_speakers..max_speakers")
 
 
-@post("/diarize", name="diarize", status_code=200)
+@post("/diarize", name="diarize", status_code=200, request_max_body_size=KNOWN_SPEAKERS_BODY_LIMIT_BYTES)
 async def diarize(
     request: Request,
     workers: NamedDependency[WorkerPool],
@@ -50,18 +52,23 @@ async def diarize(
     num_speakers: FromQuery[int | None] = None,
     min_speakers: FromQuery[int | None] = None,
     max_speakers: FromQuery[int | None] = None,
+    data: JSONBody[KnownSpeakersBody | None] = None,
 ) -> DiarizationResult:
     """Download ``audio_file_url`` and diarize it; every time is shifted by ``timestamp`` seconds.
 
     ``num_speakers`` fixes the number of speakers; ``min_speakers`` / ``max_speakers``
-    bound it (all optional; without them the count is estimated).
+    bound it (all optional; without them the count is estimated). An optional JSON body
+    names known speakers (``known_speaker_names``, ``known_speaker_references``): a turn
+    whose speaker matches a reference carries its ``name``.
     """
     url = audio_file_url.strip()
     if not url:
         raise BadRequest("audio_file_url is empty")
     check_speaker_hints(num_speakers, min_speakers, max_speakers)
+    body = data or KnownSpeakersBody()
+    known = checked(body.known_speaker_names, body.known_speaker_references, True, workers.settings)
     job = DiarizeRequest(path="", timestamp=timestamp, num_speakers=num_speakers, min_speakers=min_speakers,
-                         max_speakers=max_speakers)
+                         max_speakers=max_speakers, references=list(known.references))
 
     async def compute(paths: list[Path]) -> tuple[Diarization, None]:
         message = msgspec.structs.replace(job, path=str(paths[0]))
@@ -71,11 +78,11 @@ async def diarize(
         route="diarize",
         kinds=("diarizer",),
         params={"timestamp": timestamp, "num_speakers": num_speakers, "min_speakers": min_speakers,
-                "max_speakers": max_speakers},
+                "max_speakers": max_speakers, **known_key(known, workers.settings)},
         inputs=[(url, None)],
         compute=compute,
         result_type=Diarization,
         audio_seconds=lambda result: result.duration,
     )
     async with served(request, workers, recording) as (result, _):
-        return DiarizationResult(diarization=public_turns(result.diarization))
+        return DiarizationResult(diarization=public_turns(result.diarization, known.named(result.matched)))

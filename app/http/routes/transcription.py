@@ -29,8 +29,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from app.errors import BadRequest, PayloadTooLarge, ServiceError
-from app.http.routes import JSON_BODY_LIMIT_BYTES, check_language
+from app.http.routes import check_language
 from app.http.routes.disconnect import while_connected
+from app.http.routes.known_speakers import KNOWN_SPEAKERS_BODY_LIMIT_BYTES, KnownSpeakers, checked, known_key
 from app.http.routes.models import check_model
 from app.http.routes.recording import Recording, served
 from app.schemas.openapi import multipart_operation
@@ -61,6 +62,7 @@ from app.workers.messages import Diarization, DiarizeRequest, Task, TranscribeRe
 COPY_CHUNK_BYTES = 1024 * 1024
 AUTO_LANGUAGE = "auto"
 _F = TypeVar("_F", bound=msgspec.Struct)
+ARRAY_FIELDS = ("timestamp_granularities", "known_speaker_names", "known_speaker_references")  # `decode_form`
 
 class UrlResult(msgspec.Struct, frozen=True):
     """What a from-URL job computes and the result store keeps: the transcript and, with
@@ -68,23 +70,23 @@ class UrlResult(msgspec.Struct, frozen=True):
 
     transcript: Transcript
     speakers: Attributed | None = None
+    matched: dict[int, int] = {}  # speaker -> index of the known speaker's reference
 
 
 def decode_form(form: Any, form_type: type[_F]) -> _F:
     """The multipart `form`'s text fields as `form_type` (`app.schemas.UploadForm` or
     `TranslationForm`), converted and checked by msgspec against the struct's types and
-    bounds. Empty fields take their defaults; a repeated field keeps its last value, except
-    ``timestamp_granularities[]`` (also accepted without the brackets), which is a list;
+    bounds. Empty fields take their defaults; a repeated field keeps its last non-empty value, except
+    the arrays (`ARRAY_FIELDS`: ``timestamp_granularities[]``, ``known_speaker_names[]``,
+    ``known_speaker_references[]``, also accepted without the brackets), which are lists;
     fields the struct does not name are ignored. Raises `BadRequest` naming the field."""
     data: dict[str, Any] = {}
-    for name in set(form.keys()):
-        values = [v.strip() for v in form.getall(name, []) if isinstance(v, str) and v.strip()]
-        if not values:
-            continue
-        if name in ("timestamp_granularities[]", "timestamp_granularities"):
-            data.setdefault("timestamp_granularities[]", []).extend(values)
-        else:
-            data[name] = values[-1]
+    for name in sorted(set(form.keys()), key=lambda name: not name.endswith("[]")):  # bracketed ones first
+        values = [v.strip() for v in form.getall(name, []) if isinstance(v, str)]
+        if name.removesuffix("[]") in ARRAY_FIELDS:  # every entry, blank ones too: indexes pair names with references
+            data.setdefault(name.removesuffix("[]") + "[]", []).extend(values)
+        elif any(values):
+            data[name] = [v for v in values if v][-1]
     try:
         return msgspec.convert(data, form_type, strict=False)
     except msgspec.ValidationError as exc:
@@ -146,22 +148,25 @@ def _language(value: str | None) -> str | None:
 
 
 async def _transcribe(
-    workers: WorkerPool, request: TranscribeRequest, diarize: bool
-) -> tuple[Transcript, Attributed | None]:
+    workers: WorkerPool, request: TranscribeRequest, diarize: bool, known: KnownSpeakers = KnownSpeakers()
+) -> UrlResult:
     """The Whisper worker's transcript of ``request.path``, with speakers from the diarizer
-    worker (run on the same file at the same time) when `diarize` is set. A failure of
-    either worker cancels the other."""
+    worker (run on the same file at the same time) when `diarize` is set, and which of
+    them the `known` speakers' references matched. A failure of either worker cancels the
+    other."""
     whisper = workers.call("whisper", request, Transcript)
     if not diarize:
-        return await whisper, None
-    diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset)
+        return UrlResult(await whisper)
+    diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset,
+                                     references=list(known.references))
     try:
         async with asyncio.TaskGroup() as group:
             transcript = group.create_task(whisper)
             diarization = group.create_task(workers.call("diarizer", diarize_request, Diarization))
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
-    return transcript.result(), attribute(transcript.result(), diarization.result().diarization)
+    turns = diarization.result()
+    return UrlResult(transcript.result(), attribute(transcript.result(), turns.diarization), turns.matched)
 
 
 async def _uploads(request: Request, settings: Settings, workers: WorkerPool, task: Task) -> Response | msgspec.Struct:
@@ -182,6 +187,8 @@ async def _uploads(request: Request, settings: Settings, workers: WorkerPool, ta
         raise BadRequest("stream=true is not supported: ask without stream for the whole transcript")
     language = _language(options.language)
     check_model(settings, options.model)
+    diarize = options.diarize or options.response_format == "diarized_json"
+    known = checked(options.known_speaker_names, options.known_speaker_references, diarize, settings)
     if len(uploads) > 1 and options.response_format in TEXT_FORMATS:
         raise BadRequest(f"response_format={options.response_format} answers one file; use a JSON format for several")
     results = []
@@ -200,33 +207,36 @@ async def _uploads(request: Request, settings: Settings, workers: WorkerPool, ta
                             temperature=options.temperature,
                             priority="live",
                         ),
-                        options.diarize or options.response_format == "diarized_json",
+                        diarize,
+                        known,
                     )
-                    transcript, speakers = await while_connected(request, work)
+                    result = await while_connected(request, work)
             except ServiceError as exc:
                 if len(uploads) > 1 and not exc.detail.startswith(str(upload.filename)):
                     exc.detail = f"{upload.filename}: {exc.detail}"
                 raise
-            audio_seconds += transcript.duration
-            results.append((upload.filename, transcript, speakers))
+            audio_seconds += result.transcript.duration
+            results.append((upload.filename, result))
     finally:
         request.state.audio_seconds = audio_seconds
         for upload in uploads:
             await upload.close()
     if options.response_format in TEXT_FORMATS:
-        [(_, transcript, speakers)] = results
-        body = text_body(transcript, options.response_format, speakers)
+        [(_, result)] = results
+        names = known.named(result.matched)
+        body = text_body(result.transcript, options.response_format, result.speakers, names)
         return Response(body, media_type=TEXT_FORMATS[options.response_format], status_code=200)
     shaped = [
         json_body(
-            transcript,
+            result.transcript,
             options.response_format,
             task=task,
             filename=filename,
             granularities=tuple(options.timestamp_granularities),
-            speakers=speakers,
+            speakers=result.speakers,
+            names=known.named(result.matched),
         )
-        for filename, transcript, speakers in results
+        for filename, result in results
     ]
     if len(shaped) == 1:
         return shaped[0]
@@ -269,7 +279,7 @@ async def translations(
     "/v1/audio/transcriptions-from-url",
     name="transcriptions-from-url",
     status_code=200,
-    request_max_body_size=JSON_BODY_LIMIT_BYTES,
+    request_max_body_size=KNOWN_SPEAKERS_BODY_LIMIT_BYTES,
 )
 async def transcriptions_from_url(
     request: Request, data: JSONBody[UrlTranscriptionRequest], settings: NamedDependency[Settings],
@@ -287,26 +297,28 @@ async def transcriptions_from_url(
         raise BadRequest("audio_file_url is empty")
     language = _language(data.language)
     check_model(settings, data.model)
+    known = checked(data.known_speaker_names, data.known_speaker_references, data.diarize, settings)
 
     async def compute(paths: list[Path]) -> tuple[UrlResult, None]:
         whisper_request = TranscribeRequest(
             path=str(paths[0]), language=language, timestamp_offset=data.timestamp_offset, priority="recording"
         )
-        return UrlResult(*await _transcribe(workers, whisper_request, data.diarize)), None
+        return await _transcribe(workers, whisper_request, data.diarize, known), None
 
     job = Recording(
         route="transcriptions-from-url",
         kinds=("whisper", "diarizer") if data.diarize else ("whisper",),
-        params={"language": language, "timestamp_offset": data.timestamp_offset, "diarize": data.diarize},
+        params={"language": language, "timestamp_offset": data.timestamp_offset, "diarize": data.diarize,
+                **known_key(known, settings)},
         inputs=[(data.audio_file_url.strip(), None)],
         compute=compute,
         result_type=UrlResult,
         audio_seconds=lambda result: result.transcript.duration,
     )
     async with served(request, workers, job) as (result, _):
-        transcript, speakers = result.transcript, result.speakers
+        transcript, speakers, names = result.transcript, result.speakers, known.named(result.matched)
         return UrlTranscription(
             text=transcript.text,
-            words=out_words(transcript, speakers),
-            segments=None if speakers is None else out_segments(transcript, speakers),
+            words=out_words(transcript, speakers, names),
+            segments=None if speakers is None else out_segments(transcript, speakers, names),
         )

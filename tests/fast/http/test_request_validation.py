@@ -148,7 +148,7 @@ def test_from_url_bounds_pass_validation(app_client) -> None:
 def test_json_bodies_are_bounded_and_parsed_safely(app_client) -> None:
     json = {"content-type": "application/json"}
     huge = app_client.post(
-        "/v1/audio/transcriptions-from-url", content=b'{"audio_file_url": "' + b"a" * (2 * 1024 * 1024) + b'"}', headers=json
+        "/v1/audio/transcriptions-from-url", content=b'{"audio_file_url": "' + b"a" * (24 * 1024 * 1024) + b'"}', headers=json
     )
     assert huge.status_code == 413 and "JSON bodies are limited" in huge.json()["detail"]
     nested = app_client.post("/v1/audio/transcriptions-from-url", content=b"[" * 100000 + b"]" * 100000, headers=json)

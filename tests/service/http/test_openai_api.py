@@ -24,6 +24,7 @@ import webvtt
 from openai.types.audio import Transcription, TranscriptionDiarized, TranscriptionVerbose, TranslationVerbose
 
 from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, strict_context
+from testing.speaker_references import SAMPLE_REFERENCES, cut, data_url, espeak, rttm_turns, sample_samples, wav_bytes
 
 MIN_SPEAKER_AGREEMENT = 0.90  # issue 13: share of words whose speaker matches sample.rttm
 SPEECH = {
@@ -55,25 +56,21 @@ def transcribe(sdk: openai.OpenAI, path: Path, **kwargs):
 
 # -- reference speakers --------------------------------------------------------------------
 def reference_turns() -> list[tuple[float, float, str]]:
-    turns = []
-    for line in (pyannote_sample_dir() / "sample.rttm").read_text().splitlines():
-        parts = line.split()
-        start, duration = float(parts[3]), float(parts[4])
-        turns.append((start, start + duration, parts[7]))
-    return turns
+    return rttm_turns(pyannote_sample_dir() / "sample.rttm")
+
+
+def true_speaker(word: dict) -> str | None:
+    """The sample.rttm speaker talking at the word's middle, when exactly one is."""
+    middle = (word["start"] + word["end"]) / 2
+    talking = {label for start, end, label in reference_turns() if start <= middle < end}
+    return talking.pop() if len(talking) == 1 else None
 
 
 def speaker_agreement(words: list[dict]) -> float:
     """Share of words whose speaker matches sample.rttm under the best one-to-one mapping of
     our integers to its labels. A word counts when exactly one reference speaker talks at
     its middle; words in gaps or overlaps of the reference are left out."""
-    reference = reference_turns()
-    pairs = []
-    for word in words:
-        middle = (word["start"] + word["end"]) / 2
-        talking = {label for start, end, label in reference if start <= middle < end}
-        if len(talking) == 1:
-            pairs.append((word["speaker"], talking.pop()))
+    pairs = [(word["speaker"], true_speaker(word)) for word in words if true_speaker(word) is not None]
     assert len(pairs) > 50, "too few words to score"
     ours = sorted({p[0] for p in pairs})
     labels = sorted({p[1] for p in pairs})
@@ -237,6 +234,64 @@ def test_from_url_with_and_without_speakers(client: httpx.Client, audio_server: 
     shifted = [{**w, "start": w["start"] - 100, "end": w["end"] - 100} for w in data["words"]]
     assert speaker_agreement(shifted) >= MIN_SPEAKER_AGREEMENT
     assert data["segments"][0]["start"] >= 100 and {s["speaker"] for s in data["segments"]} == {0, 1}
+
+
+# -- known speakers by name (issue 22) ---------------------------------------------------------
+KNOWN = {"speaker90": "diane", "speaker91": "caller"}  # sample.rttm's labels -> the names we give
+COLLAR_SECONDS = 0.25
+
+
+def known_references(voices=KNOWN) -> list[str]:
+    """Data URLs of each voice's reference, cut from the sample itself (per sample.rttm)."""
+    sample = sample_samples()
+    return [data_url(wav_bytes(cut(sample, *SAMPLE_REFERENCES[voice]))) for voice in voices]
+
+
+def test_known_speakers_are_named(sdk: openai.OpenAI, sample_wav: Path) -> None:
+    names, references = list(KNOWN.values()), known_references()
+    verbose = transcribe(sdk, sample_wav, response_format="verbose_json", timestamp_granularities=["word"],
+                         language="en", known_speaker_names=names, known_speaker_references=references,
+                         extra_body={"diarize": "true"})
+    words = verbose.model_dump()["words"]
+    # Naming adds no error of its own: every word is named right exactly where its speaker
+    # number is right (the diarization's own word agreement, scored strictly).
+    strict = [(word.get("name"), KNOWN[true_speaker(word)]) for word in words if true_speaker(word) is not None]
+    assert sum(name == truth for name, truth in strict) / len(strict) == pytest.approx(speaker_agreement(words))
+    # The bar, scored with a 0.25-s collar around sample.rttm's turn boundaries (as DER
+    # collars do): the 0.43-s "Hello?" the diarization gives the other voice is forgiven.
+    boundaries = [t for start, end, _ in reference_turns() for t in (start, end)]
+    scored = [(name, truth) for (name, truth), word in zip(strict, [w for w in words if true_speaker(w) is not None])
+              if min(abs((word["start"] + word["end"]) / 2 - t) for t in boundaries) > COLLAR_SECONDS]
+    right = sum(name == truth for name, truth in scored) / len(scored)
+    wrong = sum(name is not None and name != truth for name, truth in scored) / len(scored)
+    strict_wrong = sum(name is not None and name != truth for name, truth in strict) / len(strict)
+    print(f"known speakers on the sample: {right:.3f} of words named right, {wrong:.3f} wrong ({len(scored)} "
+          f"words; without the collar {len(strict)} words, {strict_wrong:.3f} wrong)")
+    assert len(scored) > 50 and right >= 0.90 and wrong < 0.02
+    diarized = transcribe(sdk, sample_wav, response_format="diarized_json", known_speaker_names=names,
+                          known_speaker_references=references)
+    assert isinstance(diarized, TranscriptionDiarized) and {s.speaker for s in diarized.segments} == set(names)
+
+
+def test_a_voice_that_is_not_there_names_nothing(sdk: openai.OpenAI, sample_wav: Path) -> None:
+    absent = espeak("en-us+m3", "The quarterly report is finished and I will send it to everyone after lunch.")
+    result = transcribe(sdk, sample_wav, response_format="diarized_json", known_speaker_names=["robot"],
+                        known_speaker_references=[data_url(wav_bytes(absent))])
+    assert {s.speaker for s in result.segments} == {"0", "1"}
+
+
+def test_bad_references_are_400_through_the_sdk(sdk: openai.OpenAI, sample_wav: Path) -> None:
+    for names, references, phrase in [
+        (["a"], [data_url(b"RIFF" + bytes(3000))], "known_speaker_references[0]: cannot decode the audio"),
+        (["a"], [data_url(wav_bytes(sample_samples()[:16000]))], "known_speaker_references[0]: a reference must hold"),
+        (list("abcde"), known_references() * 3, "Expected `array` of length <= 4"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            transcribe(sdk, sample_wav, response_format="diarized_json", known_speaker_names=names,
+                       known_speaker_references=references[: len(names)])
+        assert phrase in str(caught.value)
+
+
 
 
 # -- models, and errors on the English-only model ---------------------------------------------

@@ -1,0 +1,104 @@
+"""Known speakers by name (issue 22): OpenAI's known_speaker_names[] / known_speaker_references[].
+
+Fast tier: the assignment of references to speakers on made-up embeddings; the HTTP side
+in-process with stub workers (validation, what reaches the diarizer, the answer shapes,
+Reflector's answers byte for byte, the result store's key, nothing kept or logged).
+Slow tier: the diarizer engine with the real models on pyannote's sample. The OpenAI SDK
+over real HTTPS is in tests/test_openai_api.py.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from app.workers.diarizer import Diarization, DiarizeRequest, Turn
+from app.workers.whisper import Segment, TranscribeRequest, Transcript, Word
+from testing.speaker_references import SAMPLE_REFERENCES, cut, data_url, espeak, sample_samples, wav_bytes
+from testing.stub_workers import StubEngine
+
+pytest_plugins = ["testing.stub_workers"]
+
+ALICE, BOB = b"RIFF-alice-voice", b"RIFF-bob-voice"
+WORDS = [Word(" Hello", 0.0, 0.4), Word(" there.", 0.4, 1.0), Word(" Hi.", 1.5, 2.0)]
+SEGMENTS = [Segment(0, 0.0, 2.0, " Hello there. Hi.", [1, 2, 3], 0.0, -0.3, 1.2, 0.02)]
+TURNS = [Turn(0.0, 1.2, 0), Turn(1.3, 2.2, 1)]
+
+
+def unit(*rows: list[float]) -> np.ndarray:
+    array = np.array(rows, dtype=np.float64)
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+# -- the HTTP side, stub workers -------------------------------------------------------------
+def transcript_of(request: TranscribeRequest, cancel: threading.Event) -> Transcript:
+    return Transcript(text="Hello there. Hi.", words=WORDS, duration=2.5, segments=SEGMENTS)
+
+
+@pytest.fixture
+def stubs(workers):
+    """Whisper and a diarizer whose speaker 1 is matched by the request's first reference."""
+
+    def diarize(request: DiarizeRequest, cancel) -> Diarization:
+        return Diarization(diarization=TURNS, duration=2.5, matched={1: 0} if request.references else {})
+
+    diarizer = StubEngine("diarizer", (DiarizeRequest,), diarize)
+    workers.serve(StubEngine("whisper", (TranscribeRequest,), transcript_of))
+    workers.serve(diarizer)
+    return diarizer
+
+
+def known_fields(names: list[str], references: list[bytes]) -> dict:
+    return {"known_speaker_names[]": names, "known_speaker_references[]": [data_url(r) for r in references]}
+
+
+def upload(client, **fields):
+    return client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF-not-really", "audio/wav")},
+                       data=fields)
+
+
+# -- the engine with the real models -------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine():
+    from app import settings as settings_module
+    from app.workers.diarizer import DiarizerEngine
+
+    return DiarizerEngine(settings_module.load({}))
+
+
+def speaker_of(result: Diarization, start: float, end: float) -> int:
+    """The speaker who talks most inside [start, end]."""
+    talk: dict[int, float] = {}
+    for turn in result.diarization:
+        talk[turn.speaker] = talk.get(turn.speaker, 0.0) + max(0.0, min(turn.end, end) - max(turn.start, start))
+    return max(talk, key=talk.__getitem__)
+
+
+def test_engine_names_the_sample_voices_and_not_an_absent_one(engine, sample_wav) -> None:
+    sample = sample_samples()
+    references = [wav_bytes(cut(sample, *span)) for span in SAMPLE_REFERENCES.values()]
+    absent = wav_bytes(espeak("en-us+m3", "The quarterly report is finished and I will send it to everyone today."))
+    result = engine.handle(DiarizeRequest(path=str(sample_wav), references=[absent, *references]), threading.Event())
+    first, second = (speaker_of(result, *span) for span in SAMPLE_REFERENCES.values())
+    assert first != second and result.matched == {first: 1, second: 2}
+    alone = engine.handle(DiarizeRequest(path=str(sample_wav), references=[absent]), threading.Event())
+    assert alone.matched == {} and [t.speaker for t in alone.diarization] == [t.speaker for t in result.diarization]
+
+
+@pytest.mark.parametrize(
+    ("make", "phrase"),
+    [
+        (lambda s: b"RIFF" + bytes(3000), "known_speaker_references[0]: cannot decode the audio"),
+        (lambda s: wav_bytes(s[16000:32000]), "known_speaker_references[0]: a reference must hold 2 to 10 s"),
+        (lambda s: wav_bytes(s[:16000 * 11]), "(this one is over 10 s)"),
+        (lambda s: wav_bytes(np.zeros(16000 * 3, np.float32)), "no stretch of speech long enough"),
+    ],
+)
+def test_engine_refuses_bad_references(engine, sample_wav, make, phrase) -> None:
+    from app.errors import BadRequest
+
+    with pytest.raises(BadRequest) as caught:
+        engine.handle(DiarizeRequest(path=str(sample_wav), references=[make(sample_samples())]), threading.Event())
+    assert phrase in caught.value.detail

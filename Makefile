@@ -48,6 +48,8 @@ bench: models
 	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
 	$(PY) bench/acme_start.py
+	$(PY) bench/known_speakers.py
+	$(PY) bench/auto_models.py
 
 # podman/buildah keep HEALTHCHECK only in the docker format; docker always builds that one.
 image:

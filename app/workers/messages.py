@@ -26,8 +26,9 @@ class TranscribeRequest(msgspec.Struct, tag="transcribe", frozen=True):
     English-only model answers ``en``). `task`: ``transcribe``, or ``translate`` (speech in
     any language to English text; multilingual models only). `prompt`: text conditioning
     every 30-s piece (Whisper's initial prompt). `temperature`: sampling temperature (0:
-    beam search). `priority`: ``live`` pieces (uploads) are decoded before ``recording``
-    pieces (whole recordings from a URL).
+    beam search, falling back to sampling for a piece caught in a repetition loop; each
+    segment reports the temperature it was decoded at). `priority`: ``live`` pieces
+    (uploads) are decoded before ``recording`` pieces (whole recordings from a URL).
     """
 
     path: str

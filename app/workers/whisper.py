@@ -47,6 +47,9 @@ LANGUAGE_DETECTION_THRESHOLD = 0.5
 # (compression ratio over 2.4), which one batched beam search cannot. Transcription is left
 # as it is (its WER is measured without the guard).
 TRANSLATE_NO_REPEAT_NGRAM = 4
+# faster-whisper's temperature fallback (`generate_with_fallback`), after 0: a piece decoded
+# at temperature 0 whose text repeats itself is sampled again at each in turn.
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def recording_lanes(device: str) -> int:
@@ -122,6 +125,61 @@ class _PerJobWordTiming:
             if last is not None:
                 timeline.last_speech_timestamp = last
         return 0.0
+
+
+class _Decoder:
+    """The CTranslate2 Whisper model as `generate_segment_batched` calls it, decoding the way
+    faster-whisper's sequential `generate_with_fallback` does.
+
+    The batched call passes ``sampling_temperature`` to a beam search, where CTranslate2
+    ignores it (it samples only when ``sampling_topk`` is not 1): a temperature above 0
+    changed nothing. Here a temperature above 0 samples `best_of` hypotheses and keeps the
+    best. At temperature 0, a piece whose text is too repetitive (zlib compression ratio
+    above `compression_ratio_threshold`, 2.4: a repetition loop, which ``base`` falls into
+    when translating) is sampled again at each of `FALLBACK_TEMPERATURES` until one is not;
+    when none is, the most probable try is kept, as faster-whisper does.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, options: Any) -> None:
+        self._model = model  # ctranslate2.models.Whisper
+        self._tokenizer = tokenizer
+        self._options = options
+        self.temperatures: list[float] = []  # the temperature each row's result was decoded at
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def generate(self, encoder_output: Any, prompts: list[list[int]], **kwargs: Any) -> list:
+        temperature = kwargs.pop("sampling_temperature")
+        results = self._generate(encoder_output, prompts, temperature, kwargs)
+        self.temperatures = [temperature] * len(results)
+        if temperature > 0:
+            return results
+        for row in range(len(results)):
+            tries = [(temperature, results[row])]
+            for fallback in FALLBACK_TEMPERATURES:
+                if not self._repeats(tries[-1][1]):
+                    break
+                rows = encoder_output if len(results) == 1 else _rows(encoder_output, row, row + 1)
+                tries.append((fallback, self._generate(rows, prompts[row : row + 1], fallback, kwargs)[0]))
+            if self._repeats(tries[-1][1]):  # every try did
+                tries.append(max(tries, key=lambda pair: pair[1].scores[0]))
+            if len(tries) > 1:
+                log.info("a piece repeated itself at temperature 0; kept the try at %.1f", tries[-1][0])
+            self.temperatures[row], results[row] = tries[-1]
+        return results
+
+    def _repeats(self, result: Any) -> bool:
+        from faster_whisper.transcribe import get_compression_ratio
+
+        text = self._tokenizer.decode(result.sequences_ids[0]).strip()
+        return get_compression_ratio(text) > self._options.compression_ratio_threshold
+
+    def _generate(self, encoder_output: Any, prompts: list, temperature: float, kwargs: dict) -> list:
+        kwargs = {**kwargs, "sampling_temperature": temperature}
+        if temperature > 0:  # faster-whisper's sampling arguments
+            kwargs.update(beam_size=1, num_hypotheses=self._options.best_of, sampling_topk=0)
+        return self._model.generate(encoder_output, prompts, **kwargs)
 
 
 def _rows(storage: Any, start: int, stop: int) -> Any:
@@ -417,8 +475,15 @@ class WhisperEngine:
             else:
                 groups.append((row, 1, piece.job.context))
         first: _Timeline = pieces[0].job.context
-        pipeline = self._pipeline_class(_PerJobWordTiming(model, groups))
-        return pipeline.forward(features, first.tokenizer, [piece.data[1] for piece in pieces], first.options)
+        timed = _PerJobWordTiming(model, groups)
+        decoder = _Decoder(model.model, first.tokenizer, first.options)
+        timed.model = decoder  # what `forward` generates with
+        metadata = [piece.data[1] for piece in pieces]
+        outputs = self._pipeline_class(timed).forward(features, first.tokenizer, metadata, first.options)
+        for segments, temperature in zip(outputs, decoder.temperatures):
+            for segment in segments:
+                segment["temperature"] = temperature
+        return outputs
 
     def _finish(self, job: Job) -> Transcript:
         """Map a job's decoded pieces back to its timeline (`restore_speech_timestamps`) and
@@ -433,7 +498,7 @@ class WhisperEngine:
                 id=0, seek=s["seek"], start=round(s["start"], 3), end=round(s["end"], 3), text=s["text"],
                 tokens=s["tokens"], avg_logprob=s["avg_logprob"], compression_ratio=s["compression_ratio"],
                 no_speech_prob=s["no_speech_prob"], words=[FwWord(**w) for w in s.get("words", [])],
-                temperature=timeline.options.temperatures[0],
+                temperature=s["temperature"],
             )
             for index in range(job.total)
             for s in job.outputs[index]

@@ -52,7 +52,7 @@ class UploadForm(msgspec.Struct, kw_only=True):
     prompt: Annotated[
         str, Meta(max_length=MAX_PROMPT_CHARS, description="text to condition every 30-s piece on (Whisper's initial prompt)")
     ] | None = None
-    temperature: Annotated[float, Meta(ge=0, le=1, description="sampling temperature; 0 is beam search")] = 0.0
+    temperature: Annotated[float, Meta(ge=0, le=1, description="sampling temperature; 0 is beam search (a piece caught in a repetition loop is decoded again hotter)")] = 0.0
     response_format: Annotated[
         ResponseFormat,
         Meta(description=_FORMAT_HELP + "; diarized_json: OpenAI's {task, duration, text, segments: "

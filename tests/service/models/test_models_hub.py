@@ -222,3 +222,17 @@ def test_auto_on_the_cpu_transcribes_french_with_no_hub(client, tmp_path):
     body = answer.json()
     assert body["language"] == "fr" and len(body["words"]) >= 5
     assert {"bonjour", "réunion"} & {w["word"].strip(" .,").lower() for w in body["words"]}
+
+
+def test_fetch_defaults_fetches_what_auto_would(tmp_path, marian_model):  # noqa: F811
+    """The air-gapped recipe: ``fetch --defaults --device cuda`` brings large-v3-turbo and the
+    translation model (converted); ``--device cpu`` only the translation model."""
+    source = marian_model.parent / "hf"
+    with serve_hub({TURBO_REPO: tiny_en_dir(), models.DEFAULT_TRANSLATION_MODEL: source}) as hub:
+        cpu = fetch(hub_env(hub.url, tmp_path / "cpu"), "--defaults", "--device", "cpu")
+        assert cpu.returncode == 0, cpu.stderr
+        assert hub.downloads("model.bin") == 0 and (tmp_path / "cpu" / "translation-facebook--m2m100_418M" / "model.bin").is_file()
+        cuda = fetch(hub_env(hub.url, tmp_path / "cuda"), "--defaults", "--device", "cuda")
+        assert cuda.returncode == 0, cuda.stderr
+        assert (tmp_path / "cuda" / "whisper-large-v3-turbo" / hub_module.MANIFEST).is_file()
+        assert (tmp_path / "cuda" / "translation-facebook--m2m100_418M" / "model.bin").is_file()

@@ -9,6 +9,7 @@ redirect loops -> `UpstreamError`; time-outs -> `UpstreamTimeout`; too big -> `P
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from app.errors import BadRequest, PayloadTooLarge, SourceNotFound, UpstreamErro
 from app.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
+DOWNLOAD_ATTEMPTS = 3  # for a server that closes the connection before answering
+RETRY_SECONDS = 0.2  # times the attempt number
 
 
 def client(settings: Settings) -> httpx.AsyncClient:
@@ -61,43 +64,57 @@ async def download(settings: Settings, url: str, digest: Any = None) -> Path:
 
     `digest` (a `hashlib` object, e.g. ``hashlib.sha256()``) is fed every byte written, so
     the result store can key on the content without reading the file again.
-    The caller owns the file and deletes it; on any error nothing is left behind. Raises
-    the errors listed in the module docstring, and `BadRequest` for a URL that is not
-    http(s).
+    The caller owns the file and deletes it; on any error nothing is left behind. A server
+    that accepts the connection and closes it before answering is asked again, up to
+    `DOWNLOAD_ATTEMPTS` times in all (a GET is idempotent, and nothing was received yet).
+    Raises the errors listed in the module docstring, and `BadRequest` for a URL that is
+    not http(s).
     """
     check_http_url(url)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    limit = settings.max_download_bytes
     where = urlsplit(url).hostname
-    fd, name = tempfile.mkstemp(prefix="download-", dir=settings.tmp_dir)
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async with client(settings) as http, http.stream("GET", url) as response:
-                if response.status_code == 404:
-                    raise SourceNotFound(f"the audio URL on {where} answered 404 Not Found")
-                if response.status_code >= 400:
-                    raise UpstreamError(
-                        f"the audio URL on {where} answered HTTP {response.status_code} {response.reason_phrase}"
-                    )
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limit:
-                    raise PayloadTooLarge(_too_large(where, limit))
-                received = 0
-                async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                    received += len(chunk)
-                    if received > limit:
-                        raise PayloadTooLarge(_too_large(where, limit))
-                    out.write(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
-        return path
-    except httpx.HTTPError as exc:
-        path.unlink(missing_ok=True)
-        raise outbound_error(exc, f"downloading from {where}") from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        fd, name = tempfile.mkstemp(prefix="download-", dir=settings.tmp_dir)
+        path = Path(name)
+        received = [0]
+        try:
+            with os.fdopen(fd, "wb") as out:
+                await _get(settings, url, where, out, digest, received)
+            return path
+        except httpx.RemoteProtocolError as exc:
+            path.unlink(missing_ok=True)
+            if received[0] or attempt == DOWNLOAD_ATTEMPTS:
+                raise outbound_error(exc, f"downloading from {where}") from None
+            await asyncio.sleep(RETRY_SECONDS * attempt)
+        except httpx.HTTPError as exc:
+            path.unlink(missing_ok=True)
+            raise outbound_error(exc, f"downloading from {where}") from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def _get(settings: Settings, url: str, where: str | None, out: Any, digest: Any, received: list[int]) -> None:
+    """One GET of `url` into the open file `out`; `received[0]` counts the body's bytes."""
+    limit = settings.max_download_bytes
+    async with client(settings) as http, http.stream("GET", url) as response:
+        if response.status_code == 404:
+            raise SourceNotFound(f"the audio URL on {where} answered 404 Not Found")
+        if response.status_code >= 400:
+            raise UpstreamError(
+                f"the audio URL on {where} answered HTTP {response.status_code} {response.reason_phrase}"
+            )
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(_too_large(where, limit))
+        async for chunk in response.aiter_bytes(CHUNK_BYTES):
+            received[0] += len(chunk)
+            if received[0] > limit:
+                raise PayloadTooLarge(_too_large(where, limit))
+            out.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
 
 
 def _too_large(host: str | None, limit: int) -> str:

@@ -4,7 +4,7 @@ Fast tier: the assignment of references to speakers on made-up embeddings; the H
 in-process with stub workers (validation, what reaches the diarizer, the answer shapes,
 Reflector's answers byte for byte, the result store's key, nothing kept or logged).
 Slow tier: the diarizer engine with the real models on pyannote's sample. The OpenAI SDK
-over real HTTPS is in tests/test_openai_api.py.
+over real HTTPS is in tests/service/http/test_openai_api.py.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ import numpy as np
 import pytest
 
 from app.diarization.known import MAX_REFERENCE_BYTES, match_speakers
-from app.workers.diarizer import Diarization, DiarizeRequest, Turn
-from app.workers.whisper import Segment, TranscribeRequest, Transcript, Word
+from app.workers.messages import (
+    Diarization,
+    DiarizeRequest,
+    Segment,
+    TranscribeRequest,
+    Transcript,
+    Turn,
+    Word,
+)
 from testing.speaker_references import data_url
 from testing.stub_workers import StubEngine, leftovers, make_settings, open_client
 
@@ -210,11 +217,3 @@ def engine():
     from app.workers.diarizer import DiarizerEngine
 
     return DiarizerEngine(settings_module.load({}))
-
-
-def speaker_of(result: Diarization, start: float, end: float) -> int:
-    """The speaker who talks most inside [start, end]."""
-    talk: dict[int, float] = {}
-    for turn in result.diarization:
-        talk[turn.speaker] = talk.get(turn.speaker, 0.0) + max(0.0, min(turn.end, end) - max(turn.start, start))
-    return max(talk, key=talk.__getitem__)

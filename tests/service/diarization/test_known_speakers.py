@@ -4,7 +4,7 @@ Fast tier: the assignment of references to speakers on made-up embeddings; the H
 in-process with stub workers (validation, what reaches the diarizer, the answer shapes,
 Reflector's answers byte for byte, the result store's key, nothing kept or logged).
 Slow tier: the diarizer engine with the real models on pyannote's sample. The OpenAI SDK
-over real HTTPS is in tests/test_openai_api.py.
+over real HTTPS is in tests/service/http/test_openai_api.py.
 """
 
 from __future__ import annotations
@@ -14,49 +14,16 @@ import threading
 import numpy as np
 import pytest
 
-from app.workers.diarizer import Diarization, DiarizeRequest, Turn
-from app.workers.whisper import Segment, TranscribeRequest, Transcript, Word
-from testing.speaker_references import SAMPLE_REFERENCES, cut, data_url, espeak, sample_samples, wav_bytes
-from testing.stub_workers import StubEngine
+from app.workers.messages import (
+    Diarization,
+    DiarizeRequest,
+)
+from testing.speaker_references import SAMPLE_REFERENCES, cut, espeak, sample_samples, wav_bytes
 
 pytest_plugins = ["testing.stub_workers"]
 
-ALICE, BOB = b"RIFF-alice-voice", b"RIFF-bob-voice"
-WORDS = [Word(" Hello", 0.0, 0.4), Word(" there.", 0.4, 1.0), Word(" Hi.", 1.5, 2.0)]
-SEGMENTS = [Segment(0, 0.0, 2.0, " Hello there. Hi.", [1, 2, 3], 0.0, -0.3, 1.2, 0.02)]
-TURNS = [Turn(0.0, 1.2, 0), Turn(1.3, 2.2, 1)]
-
-
-def unit(*rows: list[float]) -> np.ndarray:
-    array = np.array(rows, dtype=np.float64)
-    return array / np.linalg.norm(array, axis=1, keepdims=True)
-
 
 # -- the HTTP side, stub workers -------------------------------------------------------------
-def transcript_of(request: TranscribeRequest, cancel: threading.Event) -> Transcript:
-    return Transcript(text="Hello there. Hi.", words=WORDS, duration=2.5, segments=SEGMENTS)
-
-
-@pytest.fixture
-def stubs(workers):
-    """Whisper and a diarizer whose speaker 1 is matched by the request's first reference."""
-
-    def diarize(request: DiarizeRequest, cancel) -> Diarization:
-        return Diarization(diarization=TURNS, duration=2.5, matched={1: 0} if request.references else {})
-
-    diarizer = StubEngine("diarizer", (DiarizeRequest,), diarize)
-    workers.serve(StubEngine("whisper", (TranscribeRequest,), transcript_of))
-    workers.serve(diarizer)
-    return diarizer
-
-
-def known_fields(names: list[str], references: list[bytes]) -> dict:
-    return {"known_speaker_names[]": names, "known_speaker_references[]": [data_url(r) for r in references]}
-
-
-def upload(client, **fields):
-    return client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF-not-really", "audio/wav")},
-                       data=fields)
 
 
 # -- the engine with the real models -------------------------------------------------------

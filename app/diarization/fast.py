@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -198,11 +199,14 @@ class FastDiarizer:
 
     `bundle`: the embedded bundle directory (`app.diarization.embedded.bundle_dir()`).
     `device`: ``cpu`` or ``cuda``. `threads`: CPU threads for ONNX Runtime (0: its default).
-    Raises FileNotFoundError when the bundle lacks the weights.
+    `backend`: ``auto`` (ONNX Runtime on the CPU when the bundle has the ONNX files, else
+    PyTorch), or ``torch`` to run the PyTorch models (the CUDA path) on the CPU too (tests;
+    scripts/device_check.py's CPU rehearsal). Raises FileNotFoundError when the bundle lacks
+    the weights.
     """
 
     def __init__(self, bundle: Path, device: str = "cpu", options: FastOptions | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, backend: Literal["auto", "torch"] = "auto") -> None:
         self.options = options or FastOptions()
         if not 0 < self.options.segmentation_step <= 1:
             raise ValueError(f"segmentation step {self.options.segmentation_step} is not in (0, 1]")
@@ -211,7 +215,7 @@ class FastDiarizer:
         for path in (segmentation, embedding):
             if not path.is_file():
                 raise FileNotFoundError(path)
-        onnx = device == "cpu" and (bundle / ONNX_NAME).is_file() and (bundle / SEGMENTATION_ONNX_NAME).is_file()
+        onnx = backend == "auto" and device == "cpu" and (bundle / ONNX_NAME).is_file() and (bundle / SEGMENTATION_ONNX_NAME).is_file()
         if onnx:
             self.segment_batch: Callable[[np.ndarray], np.ndarray] = _OnnxModel(bundle / SEGMENTATION_ONNX_NAME, threads)
             self.embed_batch: Callable[[np.ndarray], np.ndarray] = _OnnxModel(bundle / ONNX_NAME, threads)

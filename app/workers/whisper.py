@@ -222,13 +222,19 @@ class WhisperEngine:
     kind = "whisper"
     request_types = (TranscribeRequest,)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, layout: str | None = None) -> None:
+        """`layout`: the device whose lane layout and batch size the engine takes (``cuda``:
+        one model with a CTranslate2 worker per lane, the live lane's included, one recording
+        lane, CUDA's batch size; ``cpu``: a niced model copy for two recording lanes), by
+        default the device the model runs on. ``cuda`` on the CPU runs the CUDA path's
+        scheduling there (tests; scripts/device_check.py's CPU rehearsal)."""
         from faster_whisper import BatchedInferencePipeline
 
         self.settings = settings
         self.device = devices.ct2_device(settings)
         self.compute_type = devices.ct2_compute_type(settings, self.device)
-        self.lanes = recording_lanes(self.device)
+        self.layout = layout or self.device
+        self.lanes = recording_lanes(self.layout)
         started = time.monotonic()
         choice = models.whisper_choice(settings, self.device)
         self.models = [self._load(name) for name in choice.serve]  # replaced whole by a switch
@@ -237,10 +243,10 @@ class WhisperEngine:
         self.scheduler = Scheduler(
             lambda pieces: self._run_batch(pieces, live=False),
             self._finish,
-            settings.whisper_batch(self.device),
+            settings.whisper_batch(self.layout),
             lanes=self.lanes,
             live_run_batch=lambda pieces: self._run_batch(pieces, live=True),
-            lane_nice=RECORDING_NICE if self.device == "cpu" else 0,
+            lane_nice=RECORDING_NICE if self.layout == "cpu" else 0,
             name="whisper",
         )
         self.load_seconds = time.monotonic() - started
@@ -266,7 +272,7 @@ class WhisperEngine:
             cpu_threads=devices.cpu_threads(self.settings, self.settings.whisper_replicas),
             local_files_only=True,
         )
-        if self.device == "cuda":
+        if self.layout == "cuda":
             # One CTranslate2 model worker (inter_threads) per lane, the live lane included:
             # a live batch runs beside batches of recording pieces instead of waiting.
             live = recording = WhisperModel(path, num_workers=self.lanes + 1, **options)
@@ -364,13 +370,19 @@ class WhisperEngine:
         Raises `BadRequest` for a language or task the model lacks, `InvalidAudio` /
         `PayloadTooLarge` from decoding.
         """
-        import numpy as np
-        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
-
         from app.audio.decode import decode_mono
 
         self.check(request)
-        audio = decode_mono(request.path, SAMPLE_RATE, self.settings.max_audio_seconds)
+        return self.prepare_samples(request, decode_mono(request.path, SAMPLE_RATE, self.settings.max_audio_seconds))
+
+    def prepare_samples(self, request: TranscribeRequest, audio: Any) -> Job:
+        """`prepare` for audio already decoded: `audio`, float32 mono samples at 16 kHz
+        (`request.path` is not read). scripts/device_check.py feeds PCM this way on machines
+        without PyAV."""
+        import numpy as np
+        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+        self.check(request)
         duration = audio.shape[0] / SAMPLE_RATE
         if audio.shape[0] < MIN_CLIP_SECONDS * SAMPLE_RATE:
             audio = np.pad(audio, (0, int(MIN_CLIP_SECONDS * SAMPLE_RATE) - audio.shape[0]))

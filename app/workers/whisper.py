@@ -372,7 +372,7 @@ class WhisperEngine:
         """
         from app.audio.decode import decode_mono
 
-        self.check(request)
+        self.check(request)  # before decoding: a language the model lacks costs no decode
         return self.prepare_samples(request, decode_mono(request.path, SAMPLE_RATE, self.settings.max_audio_seconds))
 
     def prepare_samples(self, request: TranscribeRequest, audio: Any) -> Job:

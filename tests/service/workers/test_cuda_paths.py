@@ -7,7 +7,6 @@ scripts/device_check.py runs them on a GPU."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from app.settings import Settings
 from app.workers.messages import TranscribeRequest
+from testing.batch_log import BatchLog
 from testing.der import diarization_error_rate
 from testing.service import pyannote_sample_dir
 from testing.wer import word_error_rate
@@ -28,26 +28,6 @@ def sample_pcm(sample_wav: Path) -> np.ndarray:
     from app.audio.decode import decode_mono
 
     return decode_mono(sample_wav)
-
-
-class BatchLog:
-    """Wraps an engine's `_run_batch` to record each batch: (lane, pieces, start s, end s)."""
-
-    def __init__(self, engine) -> None:
-        self.batches: list[tuple[str, int, float, float]] = []
-        self.started = threading.Event()  # set when the first recording batch starts
-        run = engine._run_batch
-
-        def logged(pieces, live):
-            started = time.monotonic()
-            if not live:
-                self.started.set()
-            try:
-                return run(pieces, live)
-            finally:
-                self.batches.append(("live" if live else "recording", len(pieces), started, time.monotonic()))
-
-        engine._run_batch = logged
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +52,7 @@ def test_cuda_layout_decodes_a_recording_in_one_batch_and_a_live_clip_beside_it(
     pieces = recording_job.total
     assert 2 <= pieces <= engine.scheduler.batch_size
     recording = engine.scheduler.submit(recording_job)
-    assert log.started.wait(60), "the recording batch never started"
+    assert log.recording_started.wait(60), "the recording batch never started"
     clip = sample_pcm[int(6.5 * 16000) : int(8.5 * 16000)]
     live = engine.scheduler.submit(engine.prepare_samples(TranscribeRequest(path="", priority="live"), clip))
     live_text = live.result(timeout=120).text
@@ -81,13 +61,12 @@ def test_cuda_layout_decodes_a_recording_in_one_batch_and_a_live_clip_beside_it(
     assert live_text.strip()
     # One batch held every piece of the recording (CUDA's batch size, one recording lane),
     # and the live clip's batch ran inside it, on the model's second CTranslate2 worker.
-    [(_, size, rec_start, rec_end)] = [b for b in log.batches if b[0] == "recording"]
-    [(_, _, live_start, live_end)] = [b for b in log.batches if b[0] == "live"]
-    assert size == pieces
-    assert rec_start < live_start and live_end < rec_end
+    [batch] = log.lane("recording")
+    [live_batch] = log.lane("live")
+    assert batch.pieces == pieces and log.live_beside_recording() == 1
     wer = word_error_rate(" ".join(sample_words * 4), transcript.text)
     print(f"CUDA layout on the CPU: {pieces} pieces in one batch, WER {wer:.3f}; "
-          f"live clip {live_end - live_start:.1f} s inside a {rec_end - rec_start:.1f} s recording batch")
+          f"live clip {live_batch.end - live_batch.start:.1f} s inside a {batch.end - batch.start:.1f} s recording batch")
     assert wer <= 0.25
 
 

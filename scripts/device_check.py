@@ -15,7 +15,7 @@ service needs beyond that travels in two folders that `pack` prepares here, one 
 (`app.workers.whisper.WhisperEngine` in CUDA's layout: one model, a CTranslate2 worker for
 the recording lane and one for the live lane):
 - tiny.en (real weights, carried int8 and computed in float16): WER on pyannote's sample;
-  the real-time factor (RTF: processing seconds per audio second) of a recording of real
+  two requests decoded in one batch (each must get the words it gets alone); the real-time factor (RTF: processing seconds per audio second) of a recording of real
   speech (the sample looped) at batch sizes 1, 8 and 16; a live clip's latency alone and
   while a recording batch runs; GPU memory;
 - large-v3-turbo's architecture (32 encoder and 4 decoder layers, 1280 wide, 128 mel bins)
@@ -501,6 +501,38 @@ def batch_sweep(engine, samples, memory: Memory, report: Report, label: str) -> 
         log.close()
 
 
+def mixed_batch(engine, sample, reference: str, report: Report, label: str) -> None:
+    """Two requests' pieces in one batch: each request's words are aligned on its own rows
+    of the encoder output (`app.workers.whisper._rows`, which views device memory through
+    PyTorch on CUDA). Each must get the words it gets alone."""
+    from app.workers.messages import TranscribeRequest
+    from testing.batch_log import BatchLog
+    from testing.wer import word_error_rate
+
+    alone = transcribe(engine, sample)[0]
+    jobs = [engine.prepare_samples(TranscribeRequest(path="", language="en"), sample) for _ in range(2)]
+    log = BatchLog(engine)
+    default = engine.scheduler.batch_size
+    engine.scheduler.batch_size = 16
+    try:
+        with engine.scheduler._lock:  # both queued before a lane looks: one batch takes both
+            futures = [engine.scheduler.submit(job) for job in jobs]
+        results = [future.result() for future in futures]
+    finally:
+        engine.scheduler.batch_size = default
+        log.close()
+    shifts = [abs(a.start - b.start) + abs(a.end - b.end) for r in results for a, b in zip(r.words, alone.words)]
+    same = all([w.word for w in r.words] == [w.word for w in alone.words] for r in results)
+    rates = [word_error_rate(reference, r.text) for r in results]
+    report.figure(
+        f"{label} mixed batch",
+        f"2 requests, {sum(job.total for job in jobs)} pieces in {len(log.batches)} batch(es): words as alone: "
+        f"{'yes' if same else 'no'}, largest time difference {max(shifts, default=0):.2f} s, WER {max(rates):.3f}",
+    )
+    if max(rates) > word_error_rate(reference, alone.text) + 0.05:
+        raise RuntimeError(f"a request decoded beside another lost words: WER {rates} against {alone.text!r}")
+
+
 def live_lane(engine, samples, clip, report: Report, label: str) -> None:
     """A live clip's latency alone, then while a recording's batches run (the live lane's
     own CTranslate2 worker), at the engine's default (CUDA) batch size."""
@@ -551,7 +583,8 @@ def build_production_whisper(tokenizer_dir: Path, work: Path, config: dict, devi
     torch.manual_seed(0)
     with torch.device(device):
         model = transformers.WhisperForConditionalGeneration(settings).half()
-    model.generation_config.alignment_heads = TURBO_ALIGNMENT_HEADS if config == TURBO else [[0, 0], [0, 1]]
+    if config == TURBO:
+        model.generation_config.alignment_heads = TURBO_ALIGNMENT_HEADS
     model.save_pretrained(hf)
     del model
     shutil.copy(tokenizer_dir / "tokenizer.json", hf / "tokenizer.json")
@@ -646,6 +679,8 @@ def whisper_part(args, paths: Paths, report: Report) -> None:
             log.close()
             report.figure("tiny.en WER", f"{word_error_rate(reference_words(paths.audio), transcript.text):.3f} on "
                           f"pyannote's sample ({decode:.2f} s; {tokens:.0f} tokens per piece)")
+            with report.guard("tiny.en mixed batch"):
+                mixed_batch(engine, sample, reference_words(paths.audio), report, "tiny.en")
             with report.guard("tiny.en batch sizes"):
                 batch_sweep(engine, recording, memory, report, "tiny.en")
             with report.guard("tiny.en live lane"):

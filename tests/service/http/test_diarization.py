@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testing import der
+from testing import der as metrics
 from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, write_wav
 
 MAX_DER = 0.08  # issue target for the default pipeline on pyannote's sample (collar 0)
@@ -31,7 +31,7 @@ def assert_turns(turns: list[dict], minimum: float, maximum: float) -> None:
 
 def diarization_error_rate(turns: list[dict], offset: float = 0.0) -> float:
     """DER of `turns` (shifted back by `offset`) against sample.rttm: collar 0, overlap scored."""
-    return der.diarization_error_rate(
+    return metrics.diarization_error_rate(
         pyannote_sample_dir() / "sample.rttm", ((t["start"], t["end"], t["speaker"]) for t in turns), offset
     )
 

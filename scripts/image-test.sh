@@ -2,7 +2,10 @@
 # `make image-test`: build the CPU image from a locally made Debian base, then check it with
 # podman (tests/image/check_image.py): HTTPS verified with the CA, a real transcription,
 # 401 without the key, non-root, a clean `podman stop`, the self-signed certificate reused
-# from the /state volume, certificate swaps. Prints the image size.
+# from the /state volume, certificate swaps. Then the Kubernetes manifests run for real
+# (tests/image/check_kube_play.py): the CPU overlay's Deployment, Service and PVC under
+# `podman kube play`, /ready through the published port, a transcription, a clean stop and
+# `podman kube down`. Prints the image size.
 #
 # `make image-gpu-test` (VARIANT=gpu): the same build of the GPU variant (about 4 GB of CUDA
 # wheels), checked on a machine WITHOUT a GPU by tests/image/check_gpu_image.py: it falls back
@@ -24,8 +27,8 @@ cd "$(dirname "$0")/.."
 
 VARIANT=${VARIANT:-cpu}
 case "$VARIANT" in
-  cpu) CACHE=build/image CHECKS=tests/image/check_image.py ;;
-  gpu) CACHE=build/image-gpu CHECKS=tests/image/check_gpu_image.py ;;
+  cpu) CACHE=build/image CHECKS=(tests/image/check_image.py tests/image/check_kube_play.py) ;;
+  gpu) CACHE=build/image-gpu CHECKS=(tests/image/check_gpu_image.py) ;;
   *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1 ;;
 esac
 IMAGE=${IMAGE:-localhost/reflector-gpu:$VARIANT-test}
@@ -121,5 +124,5 @@ echo "image size: $IMAGE $((size / 1000000)) MB (base $((base_size / 1000000)) M
 
 step "checks"
 REFLECTOR_GPU_TEST_IMAGE="$IMAGE" PODMAN="$PODMAN" \
-  "$PY" -m pytest -p no:cacheprovider -s -rs "$CHECKS" ${PYTEST_ARGS:-}
+  "$PY" -m pytest -p no:cacheprovider -s -rs "${CHECKS[@]}" ${PYTEST_ARGS:-}
 step "done: image size $((size / 1000000)) MB"

@@ -91,6 +91,10 @@ def test_the_base_runs_one_gpu_pod_safely() -> None:
     # The autoscaler's metric is one /metrics exposes; the PDB and Service select the pods.
     hpa = by_kind(docs)["HorizontalPodAutoscaler"]
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == f"{metrics.PREFIX}_queue_audio_seconds"
+    # A client's retry reaches the pod that kept its result, for as long as results are kept.
+    service = by_kind(docs)["Service"]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == Settings().result_ttl_seconds
     labels = by_kind(docs)["Deployment"]["spec"]["template"]["metadata"]["labels"]
     for kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
         spec = by_kind(docs)[kind]["spec"]

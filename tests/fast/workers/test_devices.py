@@ -9,6 +9,7 @@ and on a GPU with scripts/device_check.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import ctranslate2
 import pytest
@@ -86,7 +87,7 @@ def test_per_device_defaults() -> None:
 class _RecordedWhisperModel:
     """Stands in for faster-whisper's `WhisperModel`: records how it was built."""
 
-    built: list[dict] = []
+    built: ClassVar[list[dict]] = []
 
     def __init__(self, path: str, **options) -> None:
         self.built.append({"path": path, **options})

@@ -5,7 +5,6 @@ the setting that selects each pipeline."""
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 
 from app import settings as settings_module
 from app.errors import Unavailable
+from testing.der import diarization_error_rate
 from testing.service import pyannote_sample_dir, write_wav
 
 pytest_plugins = ["testing.stub_workers"]
@@ -21,17 +21,7 @@ MAX_DER = 0.08  # issue #10: DER on pyannote's sample, collar 0, overlap scored
 
 
 def sample_der(turns) -> float:
-    from pyannote.core import Annotation, Segment
-    from pyannote.database.util import load_rttm
-    from pyannote.metrics.diarization import DiarizationErrorRate
-
-    reference = next(iter(load_rttm(pyannote_sample_dir() / "sample.rttm").values()))
-    hypothesis = Annotation()
-    for turn in turns:
-        hypothesis[Segment(turn.start, turn.end)] = turn.speaker
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis)
+    return diarization_error_rate(pyannote_sample_dir() / "sample.rttm", ((t.start, t.end, t.speaker) for t in turns))
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from testing import der as metrics
 from testing.service import AudioServer, Service, pyannote_sample_dir, running_service, write_wav
 
 MAX_DER = 0.08  # issue target for the default pipeline on pyannote's sample (collar 0)
@@ -31,17 +31,9 @@ def assert_turns(turns: list[dict], minimum: float, maximum: float) -> None:
 
 def diarization_error_rate(turns: list[dict], offset: float = 0.0) -> float:
     """DER of `turns` (shifted back by `offset`) against sample.rttm: collar 0, overlap scored."""
-    from pyannote.core import Annotation, Segment
-    from pyannote.database.util import load_rttm
-    from pyannote.metrics.diarization import DiarizationErrorRate
-
-    reference = next(iter(load_rttm(pyannote_sample_dir() / "sample.rttm").values()))
-    hypothesis = Annotation(uri=reference.uri)
-    for turn in turns:
-        hypothesis[Segment(turn["start"] - offset, turn["end"] - offset)] = turn["speaker"]
-    with warnings.catch_warnings():  # "'uem' was approximated by the union of ... extents"
-        warnings.simplefilter("ignore")
-        return DiarizationErrorRate(collar=0.0, skip_overlap=False)(reference, hypothesis)
+    return metrics.diarization_error_rate(
+        pyannote_sample_dir() / "sample.rttm", ((t["start"], t["end"], t["speaker"]) for t in turns), offset
+    )
 
 
 def clip(sample_wav: Path, target: Path, *spans: tuple[float, float]) -> Path:

@@ -34,6 +34,7 @@ from app.settings import Settings
 log = logging.getLogger("app.auth")
 
 DOCS_PATH = "/docs"
+KEY_BEFORE_UPGRADE = "key_before_upgrade"  # handler opt: the WebSocket handler checks the key itself
 
 
 def presented_key(authorization: str | None) -> str | None:
@@ -131,7 +132,17 @@ def key_ring(settings: Settings) -> KeyRing:
 
 
 def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Guard: raises `Unauthorized` unless the route is open or the key matches (constant time)."""
+    """Guard: raises `Unauthorized` unless the route is open or the key matches (constant time).
+
+    A WebSocket route marked ``opt={KEY_BEFORE_UPGRADE: True}`` calls `check_api_key`
+    itself: a guard's refusal would close the handshake with 403, not answer 401."""
+    if handler.opt.get(KEY_BEFORE_UPGRADE):
+        return
+    check_api_key(connection, handler)
+
+
+def check_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Raises `Unauthorized` unless the route is open or the key matches (constant time)."""
     settings: Settings = connection.app.state.settings
     if not settings.auth_required:
         return

@@ -24,7 +24,7 @@ from app.errors import ServiceError
 from app.logs import setup_logging
 from app.middleware import AccessLog, HeadAsGet, RequestBody
 from app.request_id import RequestIdMiddleware
-from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
+from app.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, realtime, transcription, translation
 from app.settings import Settings
 
 log = logging.getLogger("app.http")
@@ -41,6 +41,7 @@ ROUTES = [
     audio.pad,
     audio.mixdown,
     audio.mixdown_v1,
+    realtime.realtime,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 

@@ -16,7 +16,8 @@ An engine is a class with:
   for it, and refuses past ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` as below;
 - or ``prepare(request) -> Job`` plus a ``scheduler`` (`app.workers.scheduler.Scheduler`):
   ``prepare`` decodes and cuts the job on a small pool of threads, then its pieces are
-  queued and the scheduler batches pieces across jobs.
+  queued and the scheduler batches pieces across jobs. A cheap request may be answered
+  by ``prepare`` itself: it returns the reply struct instead of a `Job`.
   The job is then refused when the audio already queued and the job's own are over
   ``REFLECTOR_GPU_QUEUE_AUDIO_SECONDS`` (live jobs excepted, since they go first; a job
   alone in an empty queue is always taken), with a
@@ -260,6 +261,8 @@ class WorkerServer:
                 self.speed.add(time.monotonic() - started, seconds)
                 return result
             job = self.engine.prepare(request)
+            if not isinstance(job, Job):  # answered at once (Whisper's speech probabilities)
+                return job
             backlog = self.queued_seconds()
             if job.priority != "live" and self._over_audio_limit(job.seconds, backlog):
                 return self._audio_limit_failure(backlog)

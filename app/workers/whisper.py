@@ -39,6 +39,8 @@ PIECE_SECONDS = 30  # Whisper's window: the longest piece VAD regions are merged
 # faster-whisper's batched defaults (BatchedInferencePipeline.transcribe): VAD regions cut at
 # the piece length, 160 ms of silence ends a region.
 VAD_MIN_SILENCE_MS = 160
+VAD_WINDOW_SAMPLES = 512  # Silero VAD's window at 16 kHz
+VAD_WINDOW_SECONDS = VAD_WINDOW_SAMPLES / SAMPLE_RATE  # 0.032 s
 LANGUAGE_DETECTION_THRESHOLD = 0.5
 
 
@@ -55,6 +57,7 @@ def recording_lanes(device: str) -> int:
 
 Task = Literal["transcribe", "translate"]
 Priority = Literal["live", "recording"]
+PcmEncoding = Literal["pcm16", "mulaw", "alaw"]  # the keys of app.audio.decode.WAV_FORMATS
 
 
 class TranscribeRequest(msgspec.Struct, tag="transcribe", frozen=True):
@@ -75,6 +78,37 @@ class TranscribeRequest(msgspec.Struct, tag="transcribe", frozen=True):
     prompt: str | None = None
     temperature: float = 0.0
     priority: Priority = "recording"
+
+
+class TranscribePcmRequest(TranscribeRequest, tag="transcribe_pcm", frozen=True):
+    """A `TranscribeRequest` whose audio travels inline: `pcm`, raw mono samples in
+    `encoding` (16-bit little-endian PCM, or 8-bit G.711 mu-law / A-law) at `sample_rate`
+    Hz, with `path` unused. The worker wraps them as a WAV (`app.audio.decode.pcm_wav`), so
+    the transcript is the one an upload of that WAV gets. Realtime sessions send these: an
+    utterance is at most a few MB (30 s of 24-kHz PCM16 is 1.4 MB), a frame the socket
+    carries at once, and nothing is left on disk."""
+
+    path: str = ""
+    pcm: bytes = b""
+    encoding: PcmEncoding = "pcm16"
+    sample_rate: int = 24000
+
+
+class SpeechProbabilitiesRequest(msgspec.Struct, tag="speech_probabilities", frozen=True):
+    """Silero VAD's speech probability for each `VAD_WINDOW_SECONDS` window of `pcm` (same
+    encoding fields as `TranscribePcmRequest`), decoded and resampled to 16 kHz as an
+    upload would be. Answered at once on the worker's preparation threads (a few ms for a
+    second of audio), never queued behind batches."""
+
+    pcm: bytes
+    encoding: PcmEncoding = "pcm16"
+    sample_rate: int = 24000
+
+
+class SpeechProbabilities(msgspec.Struct, tag="speech_probabilities_reply", frozen=True):
+    """One probability in [0, 1] per whole `VAD_WINDOW_SECONDS` window of the request's audio."""
+
+    probabilities: list[float]
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -195,7 +229,7 @@ class WhisperEngine:
     """
 
     kind = "whisper"
-    request_types = (TranscribeRequest,)
+    request_types = (TranscribeRequest, TranscribePcmRequest, SpeechProbabilitiesRequest)
 
     def __init__(self, settings: Settings) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -281,15 +315,16 @@ class WhisperEngine:
 
         Returns the job with its pieces (audio arrays of at most 30 s), not yet submitted.
         Raises `BadRequest` for a language or task the model lacks, `InvalidAudio` /
-        `PayloadTooLarge` from decoding.
+        `PayloadTooLarge` from decoding. A `SpeechProbabilitiesRequest` is answered here at
+        once (`speech_probabilities`): the reply, not a job.
         """
         import numpy as np
         from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
-        from app.audio.decode import decode_mono
-
+        if isinstance(request, SpeechProbabilitiesRequest):
+            return self.speech_probabilities(request)  # type: ignore[return-value]
         self.check(request)
-        audio = decode_mono(request.path, SAMPLE_RATE, self.settings.max_audio_seconds)
+        audio = self._decode(request)
         duration = audio.shape[0] / SAMPLE_RATE
         if audio.shape[0] < MIN_CLIP_SECONDS * SAMPLE_RATE:
             audio = np.pad(audio, (0, int(MIN_CLIP_SECONDS * SAMPLE_RATE) - audio.shape[0]))
@@ -310,6 +345,36 @@ class WhisperEngine:
         for chunk, meta in zip(chunks, metadata):
             job.add(meta["duration"], (chunk, meta))
         return job
+
+    def _decode(self, request: TranscribeRequest) -> Any:
+        """The request's audio as 16-kHz mono float32 samples: its file, or its inline PCM."""
+        import io
+
+        from app.audio.decode import decode_mono, pcm_wav
+
+        source: Any = request.path
+        if isinstance(request, TranscribePcmRequest):
+            source = io.BytesIO(pcm_wav(request.pcm, request.encoding, request.sample_rate))
+        return decode_mono(source, SAMPLE_RATE, self.settings.max_audio_seconds)
+
+    def speech_probabilities(self, request: SpeechProbabilitiesRequest) -> SpeechProbabilities:
+        """Silero VAD (faster-whisper's model, as `prepare` uses it) over `request`'s audio,
+        one probability per whole window, rounded to 3 decimals."""
+        import io
+
+        from faster_whisper.vad import get_vad_model
+
+        from app.audio.decode import decode_mono, pcm_wav
+
+        audio = decode_mono(
+            io.BytesIO(pcm_wav(request.pcm, request.encoding, request.sample_rate)),
+            SAMPLE_RATE, self.settings.max_audio_seconds,
+        )
+        windows = audio.shape[0] // VAD_WINDOW_SAMPLES
+        if windows == 0:
+            return SpeechProbabilities(probabilities=[])
+        scores = get_vad_model()(audio[: windows * VAD_WINDOW_SAMPLES])
+        return SpeechProbabilities(probabilities=[round(float(p), 3) for p in scores.reshape(-1)])
 
     def submit(self, request: TranscribeRequest, cancel: threading.Event) -> Future:
         """Prepare `request` and queue its pieces; the future resolves to its `Transcript`."""

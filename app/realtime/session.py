@@ -3,10 +3,11 @@
 The HTTP side keeps the session's audio (bytes as the client sent them, in its input
 format) and its state; the Whisper worker does all the listening:
 
-- **Turn detection** (server VAD): every `VAD_STEP_WINDOWS` windows of new audio, the new
-  windows and up to `VAD_CONTEXT_SECONDS` before them go to the worker as a
-  `SpeechProbabilitiesRequest` (Silero VAD, answered at once, a few ms per second of
-  audio), and `app.realtime.turns.TurnDetector` turns the probabilities into speech
+- **Turn detection** (server VAD): each block of `VAD_BLOCK_WINDOWS` windows of new
+  audio goes to the worker with up to `VAD_CONTEXT_WINDOWS` windows before it as one chunk
+  of a `SpeechProbabilitiesRequest` (Silero VAD, answered at once, a few ms per second of
+  audio; a window's probability depends on its chunk alone, so turns do not depend on the
+  pace the audio came at), and `app.realtime.turns.TurnDetector` turns the probabilities into speech
   started / stopped. An utterance is committed when speech stops; one that reaches
   `MAX_UTTERANCE_SECONDS` is cut at its quietest window of the last
   `SPLIT_SEARCH_SECONDS` and goes on as a new item. With turn detection off the client
@@ -63,9 +64,9 @@ from app.workers.whisper import (
 
 log = logging.getLogger("app.realtime")
 
-VAD_STEP_WINDOWS = 4  # ask for speech probabilities every 4 windows (128 ms) of new audio
-VAD_CONTEXT_SECONDS = 1.0  # audio before the new windows sent along: Silero's state warms up on it
-VAD_MAX_CHUNK_SECONDS = 10.0  # at most this much new audio per request (a client far ahead of real time)
+VAD_BLOCK_WINDOWS = 4  # turn detection steps by 4 windows (128 ms) of audio
+VAD_CONTEXT_WINDOWS = 16  # 512 ms before each block sent along: Silero's state warms up on it
+VAD_MAX_BLOCKS = 80  # blocks per request (10 s of audio, for a client far ahead of real time)
 PARTIAL_STEP_SECONDS = 1.0  # new audio between two partial decodes of an utterance
 PARTIAL_MIN_SECONDS = 1.0  # no partial decode of less audio than this
 MAX_UTTERANCE_SECONDS = 30.0  # Whisper's window: server VAD cuts longer utterances; no partials beyond
@@ -74,6 +75,8 @@ MIN_COMMIT_SECONDS = 0.1  # the API's smallest commit
 FLUSH_SECONDS = 10.0  # at a limit, how long the session waits for transcripts already committed
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR = 1000, 1008, 1009, 1011  # RFC 6455 codes
 CLOSE_REASON_BYTES = 123  # RFC 6455: a close reason fits in 123 bytes
+CLOSE_GRACE_SECONDS = 0.5  # before closing, how long the error event has to reach the client
+CLOSE_POLL_SECONDS = 0.05  # while draining, how long one read waits
 
 
 @dataclass
@@ -197,6 +200,7 @@ class RealtimeSession:
             if closing is None:
                 return "client"
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             await self._close(closing)
             return closing.end
         finally:
@@ -205,9 +209,24 @@ class RealtimeSession:
             self._stop_work()
 
     async def _close(self, closing: Closing) -> None:
+        """Send the error event, keep reading (and dropping) what the client still sends
+        for `CLOSE_GRACE_SECONDS` (and, with `flush`, until the committed transcripts are
+        out), then close. Granian closes the connection as soon as the close frame is
+        sent, without waiting for the client's: closing with the client's audio unread
+        would reset the connection and could destroy the error event and the close frame
+        before the client reads them, so the socket is drained first."""
         await self._error(closing.message, closing.code, kind="invalid_request_error")
-        if closing.flush and self._finals:
-            await asyncio.wait(self._finals, timeout=FLUSH_SECONDS)
+        grace = time.monotonic() + CLOSE_GRACE_SECONDS
+        flush_until = grace + (FLUSH_SECONDS if closing.flush else 0.0)
+        while time.monotonic() < grace or (self._finals and time.monotonic() < flush_until):
+            try:
+                message = await asyncio.wait_for(self.socket.receive(), CLOSE_POLL_SECONDS)
+            except TimeoutError:
+                continue
+            except Exception:  # noqa: BLE001 - the client is gone
+                return
+            if message["type"] == "websocket.disconnect":
+                return
         self._closed = True
         reason = closing.reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
         try:
@@ -317,7 +336,7 @@ class RealtimeSession:
             if self.item_id is None:
                 self._begin_item(self.buffer_start)
             self._maybe_partial()
-        elif self._vad_task is None and self.received - self.vad_done >= VAD_STEP_WINDOWS * self._window:
+        elif self._vad_task is None and self.received - self.vad_done >= VAD_BLOCK_WINDOWS * self._window:
             self._vad_task = asyncio.ensure_future(self._vad())
 
     def _begin_item(self, start: int) -> None:
@@ -356,17 +375,26 @@ class RealtimeSession:
 
     # -- turn detection -------------------------------------------------------------------------
     async def _vad(self) -> None:
-        """Run the turn detector over new audio until it has caught up."""
+        """Run the turn detector over new audio, block by block, until it has caught up.
+
+        Block ``k`` after `vad_done` is `VAD_BLOCK_WINDOWS` windows, sent with up to
+        `VAD_CONTEXT_WINDOWS` windows before it as its own chunk: its probabilities depend
+        on the audio alone, not on how fast it arrived, so the same audio gives the same
+        turns (and so the same transcripts) at any pace."""
         window = self._window
+        block = VAD_BLOCK_WINDOWS * window
         try:
-            while self.detector is not None and self.received - self.vad_done >= VAD_STEP_WINDOWS * window:
+            while self.detector is not None and self.received - self.vad_done >= block:
                 epoch, start = self.epoch, self.vad_done
-                count = min((self.received - start) // window, int(VAD_MAX_CHUNK_SECONDS / VAD_WINDOW_SECONDS))
-                end = start + count * window
-                context = min((start - self.buffer_start) // window, int(VAD_CONTEXT_SECONDS / VAD_WINDOW_SECONDS))
-                first = start - context * window
+                count = min((self.received - start) // block, VAD_MAX_BLOCKS)
+                chunks, context = [], []
+                for index in range(count):
+                    begin = start + index * block
+                    lead = min(VAD_CONTEXT_WINDOWS, (begin - self.buffer_start) // window)
+                    chunks.append(self._slice(begin - lead * window, begin + block))
+                    context.append(lead)
                 request = SpeechProbabilitiesRequest(
-                    pcm=self._slice(first, end), encoding=self.config.encoding, sample_rate=self.config.sample_rate
+                    chunks=chunks, context=context, encoding=self.config.encoding, sample_rate=self.config.sample_rate
                 )
                 try:
                     reply = await client.call(self.settings, "whisper", request, SpeechProbabilities)
@@ -376,13 +404,13 @@ class RealtimeSession:
                     return
                 if epoch != self.epoch:
                     continue  # committed or cleared meanwhile
-                probabilities = reply.probabilities[context:]
-                for index in range(count):
+                probabilities = reply.probabilities
+                for index in range(count * VAD_BLOCK_WINDOWS):
                     probability = probabilities[min(index, len(probabilities) - 1)] if probabilities else 0.0
                     turn = self.detector.window(start + index * window, start + (index + 1) * window, probability)
                     if turn is not None:
                         await self._on_turn(turn)
-                self.vad_done = end
+                self.vad_done = start + count * block
                 self._trim()
                 self._maybe_partial()
         finally:
@@ -409,7 +437,7 @@ class RealtimeSession:
         padding before the next speech, or the utterance being spoken."""
         if self.detector is None:
             return
-        keep = max(self._bytes(VAD_CONTEXT_SECONDS), self._bytes(self.detector.options.prefix_padding_ms / 1000))
+        keep = max(VAD_CONTEXT_WINDOWS * self._window, self._bytes(self.detector.options.prefix_padding_ms / 1000))
         floor = self.vad_done - keep
         if self.item_id is not None:
             floor = min(floor, self.item_start)
@@ -500,7 +528,7 @@ class RealtimeSession:
                 error={"type": kind, "code": type(failure).__name__, "message": failure.detail, "param": None},
             ))
             return
-        rest = partial.rest(transcript.text)
+        rest = partial.rest([word.word for word in transcript.words])
         if rest:
             await self._send(encode("conversation.item.input_audio_transcription.delta", item_id=item_id,
                                     content_index=0, delta=rest))

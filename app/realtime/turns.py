@@ -85,8 +85,7 @@ class StablePrefix:
     """Partial text of one utterance: each decode of the growing audio is compared with
     the previous one, and only the words both agree on (the common prefix, compared
     without case and punctuation) are released, once each. `sent` is the text released
-    so far; the first word loses its leading space, so the deltas add up to a prefix of
-    the transcript whenever the final decode agrees with them."""
+    so far; the first word loses its leading space, as the transcript's does."""
 
     def __init__(self) -> None:
         self._previous: list[str] = []
@@ -110,7 +109,13 @@ class StablePrefix:
         self.sent += delta
         return delta
 
-    def rest(self, transcript: str) -> str:
-        """What the final `transcript` adds to the text released so far ('' when it
-        contradicts it: the completed event carries the whole transcript anyway)."""
-        return transcript[len(self.sent):] if transcript.startswith(self.sent) else ""
+    def rest(self, words: list[str]) -> str:
+        """The final decode's `words` after as many as were released: the last delta, so
+        that the deltas add up to the transcript, word for word, except where a released
+        word was decoded differently in the end (the completed event has the whole text)."""
+        rest = "".join(words[self._released:])
+        self._released = len(words)
+        if not self.sent:
+            rest = rest.lstrip()
+        self.sent += rest
+        return rest

@@ -95,18 +95,23 @@ class TranscribePcmRequest(TranscribeRequest, tag="transcribe_pcm", frozen=True)
 
 
 class SpeechProbabilitiesRequest(msgspec.Struct, tag="speech_probabilities", frozen=True):
-    """Silero VAD's speech probability for each `VAD_WINDOW_SECONDS` window of `pcm` (same
-    encoding fields as `TranscribePcmRequest`), decoded and resampled to 16 kHz as an
-    upload would be. Answered at once on the worker's preparation threads (a few ms for a
+    """Silero VAD's speech probability for each `VAD_WINDOW_SECONDS` window of each of
+    `chunks` (raw mono audio, encoded as in `TranscribePcmRequest`), each decoded and
+    resampled to 16 kHz on its own as an upload would be; the first `context[i]` windows
+    of chunk ``i`` only warm the model up and get no probability. Chunks are independent,
+    so a window's probability depends on its chunk alone, never on how audio was grouped
+    into requests. Answered at once on the worker's preparation threads (a few ms per
     second of audio), never queued behind batches."""
 
-    pcm: bytes
+    chunks: list[bytes]
+    context: list[int]
     encoding: PcmEncoding = "pcm16"
     sample_rate: int = 24000
 
 
 class SpeechProbabilities(msgspec.Struct, tag="speech_probabilities_reply", frozen=True):
-    """One probability in [0, 1] per whole `VAD_WINDOW_SECONDS` window of the request's audio."""
+    """One probability in [0, 1] per whole `VAD_WINDOW_SECONDS` window after the context
+    of each chunk, the chunks' in order."""
 
     probabilities: list[float]
 
@@ -358,23 +363,26 @@ class WhisperEngine:
         return decode_mono(source, SAMPLE_RATE, self.settings.max_audio_seconds)
 
     def speech_probabilities(self, request: SpeechProbabilitiesRequest) -> SpeechProbabilities:
-        """Silero VAD (faster-whisper's model, as `prepare` uses it) over `request`'s audio,
-        one probability per whole window, rounded to 3 decimals."""
+        """Silero VAD (faster-whisper's model, as `prepare` uses it) over each chunk of
+        `request`, one probability per whole window after its context, rounded to 3 decimals."""
         import io
 
+        import numpy as np
         from faster_whisper.vad import get_vad_model
 
-        from app.audio.decode import decode_mono, pcm_wav
+        from app.audio.decode import WAV_FORMATS, decode_mono, pcm_wav
 
-        audio = decode_mono(
-            io.BytesIO(pcm_wav(request.pcm, request.encoding, request.sample_rate)),
-            SAMPLE_RATE, self.settings.max_audio_seconds,
-        )
-        windows = audio.shape[0] // VAD_WINDOW_SAMPLES
-        if windows == 0:
-            return SpeechProbabilities(probabilities=[])
-        scores = get_vad_model()(audio[: windows * VAD_WINDOW_SAMPLES])
-        return SpeechProbabilities(probabilities=[round(float(p), 3) for p in scores.reshape(-1)])
+        sample_bytes = WAV_FORMATS[request.encoding][1] // 8
+        probabilities: list[float] = []
+        for chunk, context in zip(request.chunks, request.context):
+            audio = decode_mono(io.BytesIO(pcm_wav(chunk, request.encoding, request.sample_rate)), SAMPLE_RATE)
+            samples = len(chunk) // sample_bytes * SAMPLE_RATE // request.sample_rate  # the windows the caller counts
+            audio = np.pad(audio[:samples], (0, max(0, samples - audio.shape[0])))
+            windows = samples // VAD_WINDOW_SAMPLES
+            if windows > context:
+                scores = get_vad_model()(audio[: windows * VAD_WINDOW_SAMPLES]).reshape(-1)
+                probabilities.extend(round(float(p), 3) for p in scores[context:])
+        return SpeechProbabilities(probabilities=probabilities)
 
     def submit(self, request: TranscribeRequest, cancel: threading.Event) -> Future:
         """Prepare `request` and queue its pieces; the future resolves to its `Transcript`."""

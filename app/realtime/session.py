@@ -308,8 +308,8 @@ class RealtimeSession:
     async def _update(self, kind: str, event: dict[str, Any]) -> None:
         config = updated(self.config, kind, event.get("session"), self.languages, self.received > 0)
         self.beta = kind == "transcription_session.update"
-        previous, self.config = self.config.turn, config
-        if config.turn != previous:
+        previous, self.config = self.config, config
+        if (config.turn, config.format, config.sample_rate) != (previous.turn, previous.format, previous.sample_rate):
             self._new_detector()
             self._restart_detection()
             if config.turn is not None:

@@ -34,13 +34,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
+import httpx
+import numpy as np
+from websockets.asyncio.client import connect
 
-from app import tls  # noqa: E402
-from app.audio.decode import decode_mono  # noqa: E402
-from tests.conftest import pyannote_sample_dir, running_service, strict_context  # noqa: E402
+from app import tls
+from app.audio.decode import decode_mono
+from tests.conftest import pyannote_sample_dir, running_service, strict_context
 
 RATE = 24000  # Hz
 BYTES_PER_SECOND = RATE * 2
@@ -109,7 +109,7 @@ async def session(url: str, key: str, ca: Path, pcm: bytes, spans: list, delay: 
 
 def uploads(base_url: str, key: str, ca: Path, stop: threading.Event, latencies: list[float]) -> None:
     """Reflector's live path: one 5.12-s WAV chunk every 5.12 s, as the OpenAI SDK posts it."""
-    audio = decode_mono(pyannote_sample_dir() / "sample.wav", 16000)[int(8 * 16000) : int((8 + CHUNK_SECONDS) * 16000)]
+    audio = decode_mono(pyannote_sample_dir() / "sample.wav", 16000)[(8 * 16000) : int((8 + CHUNK_SECONDS) * 16000)]
     out = io.BytesIO()
     with wave.open(out, "wb") as writer:
         writer.setnchannels(1)

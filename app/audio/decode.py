@@ -17,15 +17,14 @@ import numpy as np
 
 from app.errors import InvalidAudio, PayloadTooLarge
 
-
 # encoding -> (WAV format tag, bits per sample): PCM, ITU-T G.711 A-law and mu-law
 WAV_FORMATS: dict[str, tuple[int, int]] = {"pcm16": (1, 16), "alaw": (6, 8), "mulaw": (7, 8)}
 
 
 def pcm_wav(pcm: bytes, encoding: str, sample_rate: int) -> bytes:
     """Raw mono samples (`encoding`, a key of `WAV_FORMATS`: 16-bit little-endian PCM, or
-    8-bit G.711 mu-law or A-law, at `sample_rate` Hz) as the bytes of a WAV file, so that `decode_mono` decodes
-    them exactly as it decodes an uploaded WAV of the same audio."""
+    8-bit G.711 mu-law or A-law, at `sample_rate` Hz) as the bytes of a WAV file, so that
+    `decode_mono` decodes them exactly as it decodes an uploaded WAV of the same audio."""
     tag, bits = WAV_FORMATS[encoding]
     block = bits // 8
     header = struct.pack(
@@ -35,7 +34,9 @@ def pcm_wav(pcm: bytes, encoding: str, sample_rate: int) -> bytes:
     return header + pcm
 
 
-def decode_mono(path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+def decode_mono(
+    path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None
+) -> np.ndarray:
     """Decode the first audio stream of `path` (a file, or an open binary file object such
     as a `pcm_wav` in memory), resampled to `sample_rate` Hz, mixed to mono.
 
@@ -50,7 +51,9 @@ def decode_mono(path: str | Path | BinaryIO, sample_rate: int = 16000, max_secon
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def decode_chunks(path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+def decode_chunks(
+    path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """`decode_mono`'s samples as FFmpeg hands them over: float32 mono arrays of one decoded
     frame each (milliseconds of audio), in order, so a caller can keep them in a form of
     its own without holding the whole recording twice. Same errors as `decode_mono`,

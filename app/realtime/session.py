@@ -168,7 +168,7 @@ class RealtimeSession:
         async with self._send_lock:
             try:
                 await self.socket.send_text(message.decode())
-            except Exception:  # noqa: BLE001 - the client went away; the reader notices
+            except Exception:  # the client went away; the reader notices
                 self._closed = True
 
     async def _error(self, message: str, code: str, param: str | None = None, event_id: str | None = None,
@@ -193,7 +193,7 @@ class RealtimeSession:
                     reader.result()
                 except Closing as exc:
                     closing = exc
-                except Exception:  # noqa: BLE001 - logged; the client gets a clean close
+                except Exception:  # logged; the client gets a clean close
                     log.exception("realtime session failed")
                     closing = Closing("error", "server_error", "internal error; see the service log",
                                       CLOSE_ERROR, "internal error")
@@ -223,7 +223,7 @@ class RealtimeSession:
                 message = await asyncio.wait_for(self.socket.receive(), CLOSE_POLL_SECONDS)
             except TimeoutError:
                 continue
-            except Exception:  # noqa: BLE001 - the client is gone
+            except Exception:  # the client is gone
                 return
             if message["type"] == "websocket.disconnect":
                 return
@@ -231,7 +231,7 @@ class RealtimeSession:
         reason = closing.reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
         try:
             await self.socket.close(code=closing.close_code, reason=reason)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # already gone
             pass
 
     def _stop_work(self) -> None:

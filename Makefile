@@ -50,6 +50,7 @@ bench: models
 	$(PY) bench/acme_start.py
 	$(PY) bench/known_speakers.py
 	$(PY) bench/auto_models.py
+	$(PY) bench/realtime.py
 
 # podman/buildah keep HEALTHCHECK only in the docker format; docker always builds that one.
 image:

@@ -30,6 +30,7 @@ IMAGE_CERTS_DIR = Path("/certs")  # the image's mount point, used when it holds 
 # Let's Encrypt's production directory (https://letsencrypt.org/docs/acme-protocol-updates/);
 # staging, for trials: https://acme-staging-v02.api.letsencrypt.org/directory
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+REALTIME_BUFFER_BYTES = 120 * 24000 * 2  # 120 s of the Realtime API's 24-kHz 16-bit PCM
 ACME_HTTP_PORT = 8080  # the plain-HTTP port's default with TLS=acme (the image publishes it as 80)
 _T = TypeVar("_T")
 
@@ -55,6 +56,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     plain-HTTP listener.
     `orphan_seconds`: how long a recording's job goes on after its client left;
     `result_ttl_seconds` / `result_store_bytes`: the result store's bounds (`app.results`).
+    Realtime sessions (`app.routes.realtime`): at most `realtime_sessions` open at once,
+    each at most `realtime_max_seconds` long and closed after `realtime_idle_seconds`
+    without audio, holding at most `realtime_buffer_bytes` of audio not yet committed.
     """
 
     apikeys: tuple[str, ...] = ()
@@ -112,6 +116,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     orphan_seconds: float = 1800.0
     result_ttl_seconds: float = 3600.0
     result_store_bytes: int = 2 * GiB
+
+    realtime_sessions: int = 16
+    realtime_max_seconds: float = 3600.0
+    realtime_idle_seconds: float = 60.0
+    realtime_buffer_bytes: int = REALTIME_BUFFER_BYTES
 
     def queue_audio_limit(self, device: str) -> float:
         """Seconds of queued audio a worker accepts before answering 503:
@@ -362,6 +371,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_ORPHAN_SECONDS", "orphan_seconds", _non_negative_float)
     take("REFLECTOR_GPU_RESULT_TTL_SECONDS", "result_ttl_seconds", _non_negative_float)
     take("REFLECTOR_GPU_RESULT_STORE_BYTES", "result_store_bytes", _int(0))
+    take("REFLECTOR_GPU_REALTIME_SESSIONS", "realtime_sessions", _int(0))
+    take("REFLECTOR_GPU_REALTIME_MAX_SECONDS", "realtime_max_seconds", _positive_float)
+    take("REFLECTOR_GPU_REALTIME_IDLE_SECONDS", "realtime_idle_seconds", _positive_float)
+    take("REFLECTOR_GPU_REALTIME_BUFFER_BYTES", "realtime_buffer_bytes", _int(48000))
 
     if "tls_dir" not in values and IMAGE_CERTS_DIR.joinpath("server.pem").is_file():
         values["tls_dir"] = IMAGE_CERTS_DIR

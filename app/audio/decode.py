@@ -7,6 +7,7 @@ Used inside worker processes, never on the HTTP side. Every decoder failure beco
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -16,9 +17,28 @@ import numpy as np
 
 from app.errors import InvalidAudio, PayloadTooLarge
 
+# encoding -> (WAV format tag, bits per sample): PCM, ITU-T G.711 A-law and mu-law
+WAV_FORMATS: dict[str, tuple[int, int]] = {"pcm16": (1, 16), "alaw": (6, 8), "mulaw": (7, 8)}
 
-def decode_mono(path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
-    """Decode the first audio stream of `path` (or of a seekable binary file object), resampled to `sample_rate` Hz, mixed to mono.
+
+def pcm_wav(pcm: bytes, encoding: str, sample_rate: int) -> bytes:
+    """Raw mono samples (`encoding`, a key of `WAV_FORMATS`: 16-bit little-endian PCM, or
+    8-bit G.711 mu-law or A-law, at `sample_rate` Hz) as the bytes of a WAV file, so that
+    `decode_mono` decodes them exactly as it decodes an uploaded WAV of the same audio."""
+    tag, bits = WAV_FORMATS[encoding]
+    block = bits // 8
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(pcm), b"WAVE", b"fmt ", 16, tag, 1,
+        sample_rate, sample_rate * block, block, bits, b"data", len(pcm),
+    )
+    return header + pcm
+
+
+def decode_mono(
+    path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None
+) -> np.ndarray:
+    """Decode the first audio stream of `path` (a file, or an open binary file object such
+    as a `pcm_wav` in memory), resampled to `sample_rate` Hz, mixed to mono.
 
     Returns a float32 array in [-1, 1] of shape (samples,). Corrupt packets inside an
     otherwise valid stream are skipped, as FFmpeg does. Raises `InvalidAudio` when the file
@@ -31,7 +51,9 @@ def decode_mono(path: str | Path | BinaryIO, sample_rate: int = 16000, max_secon
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def decode_chunks(path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+def decode_chunks(
+    path: str | Path | BinaryIO, sample_rate: int = 16000, max_seconds: float | None = None
+) -> Iterator[np.ndarray]:
     """`decode_mono`'s samples as FFmpeg hands them over: float32 mono arrays of one decoded
     frame each (milliseconds of audio), in order, so a caller can keep them in a form of
     its own without holding the whole recording twice. Same errors as `decode_mono`,
@@ -39,7 +61,8 @@ def decode_chunks(path: str | Path | BinaryIO, sample_rate: int = 16000, max_sec
     max_samples = None if max_seconds is None else int(max_seconds * sample_rate)
     total = 0
     try:
-        with av.open(path if hasattr(path, "read") else str(path), mode="r", metadata_errors="ignore") as container:
+        source = path if hasattr(path, "read") else str(path)
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise InvalidAudio("the file has no audio stream")
             stream = container.streams.audio[0]

@@ -43,6 +43,7 @@ REFLECTOR_KEY_SETTINGS = {
     "mixdown": "MIXDOWN_MODAL_API_KEY (or MODAL_API_KEY)",
 }
 _hinted: set[str] = set()
+KEY_BEFORE_UPGRADE = "key_before_upgrade"  # handler opt: the WebSocket handler checks the key itself
 
 
 def presented_key(authorization: str | None) -> str | None:
@@ -140,7 +141,17 @@ def key_ring(settings: Settings) -> KeyRing:
 
 
 def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Guard: raises `Unauthorized` unless the route is open or the key matches (constant time)."""
+    """Guard: raises `Unauthorized` unless the route is open or the key matches (constant time).
+
+    A WebSocket route marked ``opt={KEY_BEFORE_UPGRADE: True}`` calls `check_api_key`
+    itself: a guard's refusal would close the handshake with 403, not answer 401."""
+    if handler.opt.get(KEY_BEFORE_UPGRADE):
+        return
+    check_api_key(connection, handler)
+
+
+def check_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Raises `Unauthorized` unless the route is open or the key matches (constant time)."""
     settings: Settings = connection.app.state.settings
     if not settings.auth_required:
         return

@@ -25,7 +25,16 @@ from app.errors import ServiceError
 from app.logs import setup_logging
 from app.http.middleware import AccessLog, HeadAsGet, RequestBody
 from app.http.request_id import RequestIdMiddleware
-from app.http.routes import JSON_BODY_LIMIT_BYTES, audio, diarization, health, models, transcription, translation
+from app.http.routes import (
+    JSON_BODY_LIMIT_BYTES,
+    audio,
+    diarization,
+    health,
+    models,
+    realtime,
+    transcription,
+    translation,
+)
 from app.http.routes.known_speakers import KNOWN_SPEAKERS_BODY_LIMIT_BYTES
 from app.settings import Settings
 from app.workers.client import WorkerPool
@@ -44,6 +53,7 @@ ROUTES = [
     audio.pad,
     audio.mixdown,
     audio.mixdown_v1,
+    realtime.realtime,
 ]
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024  # headers and boundaries around the file parts
 

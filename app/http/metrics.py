@@ -11,6 +11,9 @@ over its socket (`app.workers.protocol.Pong`), and reads the restart counts the 
 writes (``<run>/<kind>-<replica>.restarts``). The serving certificate's expiry is read from the
 copy Granian serves (``<run>/tls-cert.pem``).
 
+Realtime sessions (``GET /v1/realtime``, a WebSocket) are counted by `app.realtime.session`:
+sessions ended by how, refusals, sessions open, and the latency of their transcripts.
+
 Labels hold only route names (the handler's name, e.g. ``transcriptions``; ``unmatched``
 for a path no route serves), status codes, worker kinds and replica numbers: never a URL,
 a file name or text. Access: `Settings.metrics` (``REFLECTOR_GPU_METRICS``): ``key``
@@ -30,7 +33,15 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -65,6 +76,32 @@ DURATION = Histogram(
     registry=_own,
 )
 AUDIO = Counter(f"{PREFIX}_audio_seconds", "Seconds of audio processed, by route name", ["route"], registry=_own)
+# Realtime sessions (app.realtime): WebSockets pass the HTTP middleware by, so they count here.
+REALTIME_SESSIONS = Counter(
+    f"{PREFIX}_realtime_sessions",
+    "Realtime sessions ended, by how: client (closed it), idle, expired, buffer (over the audio limit), error",
+    ["end"],
+    registry=_own,
+)
+REALTIME_REFUSED = Counter(
+    f"{PREFIX}_realtime_refused", "Realtime upgrades refused, by status (401, 503)", ["status"], registry=_own
+)
+REALTIME_OPEN = Gauge(
+    f"{PREFIX}_realtime_sessions_open", "Realtime sessions open now", multiprocess_mode="livesum", registry=_own
+)
+REALTIME_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+REALTIME_TRANSCRIPT = Histogram(
+    f"{PREFIX}_realtime_transcript_seconds",
+    "From an utterance's commit (end of speech, or the client's commit) to its completed transcript (seconds)",
+    buckets=REALTIME_BUCKETS,
+    registry=_own,
+)
+REALTIME_FIRST_DELTA = Histogram(
+    f"{PREFIX}_realtime_first_delta_seconds",
+    "From the start of an utterance's speech being detected to its first partial text (seconds)",
+    buckets=REALTIME_BUCKETS,
+    registry=_own,
+)
 
 
 def route_label(scope: Scope) -> str:

@@ -16,6 +16,10 @@ import msgspec
 
 Priority = Literal["live", "recording"]  # live pieces (uploads) are decoded before recordings
 Task = Literal["transcribe", "translate"]
+# Silero VAD scores windows of 512 samples at 16 kHz: a `SpeechProbabilities` step (32 ms).
+VAD_WINDOW_SAMPLES = 512
+VAD_WINDOW_SECONDS = VAD_WINDOW_SAMPLES / 16000
+PcmEncoding = Literal["pcm16", "mulaw", "alaw"]  # the keys of app.audio.decode.WAV_FORMATS
 
 
 # -- Whisper -------------------------------------------------------------------------------
@@ -38,6 +42,42 @@ class TranscribeRequest(msgspec.Struct, tag="transcribe", frozen=True):
     prompt: str | None = None
     temperature: float = 0.0
     priority: Priority = "recording"
+
+
+class TranscribePcmRequest(TranscribeRequest, tag="transcribe_pcm", frozen=True):
+    """A `TranscribeRequest` whose audio travels inline: `pcm`, raw mono samples in
+    `encoding` (16-bit little-endian PCM, or 8-bit G.711 mu-law / A-law) at `sample_rate`
+    Hz, with `path` unused. The worker wraps them as a WAV (`app.audio.decode.pcm_wav`), so
+    the transcript is the one an upload of that WAV gets. Realtime sessions send these: an
+    utterance is at most a few MB (30 s of 24-kHz PCM16 is 1.4 MB), a frame the socket
+    carries at once, and nothing is left on disk."""
+
+    path: str = ""
+    pcm: bytes = b""
+    encoding: PcmEncoding = "pcm16"
+    sample_rate: int = 24000
+
+
+class SpeechProbabilitiesRequest(msgspec.Struct, tag="speech_probabilities", frozen=True):
+    """Silero VAD's speech probability for each 32-ms window (`VAD_WINDOW_SAMPLES`) of each of
+    `chunks` (raw mono audio, encoded as in `TranscribePcmRequest`), each decoded and
+    resampled to 16 kHz on its own as an upload would be; the first `context[i]` windows
+    of chunk ``i`` only warm the model up and get no probability. Chunks are independent,
+    so a window's probability depends on its chunk alone, never on how audio was grouped
+    into requests. Answered at once on the worker's preparation threads (a few ms per
+    second of audio), never queued behind batches."""
+
+    chunks: list[bytes]
+    context: list[int]
+    encoding: PcmEncoding = "pcm16"
+    sample_rate: int = 24000
+
+
+class SpeechProbabilities(msgspec.Struct, tag="speech_probabilities_reply", frozen=True):
+    """One probability in [0, 1] per whole 32-ms VAD window after the context
+    of each chunk, the chunks' in order."""
+
+    probabilities: list[float]
 
 
 class Word(msgspec.Struct, frozen=True):

@@ -7,7 +7,8 @@ client that can connect is talking to a ready worker.
 
 The engine's contract is `app.workers.engine.Engine` (plain engines: one job at a time;
 scheduled engines: pieces batched across jobs by their scheduler). A client that leaves has
-its job cancelled, and a scheduled job's queued pieces dropped at once.
+its job cancelled, and a scheduled job's queued pieces dropped at once. A scheduled
+engine's `prepare` may answer a cheap request itself (the reply struct instead of a job).
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ class WorkerServer:
                 self.speed.add(time.monotonic() - started, seconds)
                 return result
             job = self.engine.prepare(request)
+            if not isinstance(job, Job):  # answered at once (Whisper's speech probabilities)
+                return job
             backlog = self.queued_seconds()
             if job.priority != "live" and self._over_audio_limit(job.seconds, backlog):
                 return self._audio_limit_failure(backlog)

@@ -27,7 +27,16 @@ from app.errors import BadRequest, Cancelled, ModelNotFound
 from app.models import hub
 from app.settings import Settings
 from app.workers import devices
-from app.workers.messages import Segment, TranscribeRequest, Transcript, Word
+from app.workers.messages import (
+    VAD_WINDOW_SAMPLES,
+    Segment,
+    SpeechProbabilities,
+    SpeechProbabilitiesRequest,
+    TranscribePcmRequest,
+    TranscribeRequest,
+    Transcript,
+    Word,
+)
 from app.workers.protocol import Pong
 from app.workers.registry import RECORDING_NICE
 from app.workers.scheduler import Job, Piece, Scheduler
@@ -220,7 +229,7 @@ class WhisperEngine:
     """
 
     kind = "whisper"
-    request_types = (TranscribeRequest,)
+    request_types = (TranscribeRequest, TranscribePcmRequest, SpeechProbabilitiesRequest)
 
     def __init__(self, settings: Settings, layout: str | None = None) -> None:
         """`layout`: the device whose lane layout and batch size the engine takes (``cuda``:
@@ -368,12 +377,13 @@ class WhisperEngine:
 
         Returns the job with its pieces (audio arrays of at most 30 s), not yet submitted.
         Raises `BadRequest` for a language or task the model lacks, `InvalidAudio` /
-        `PayloadTooLarge` from decoding.
+        `PayloadTooLarge` from decoding. A `SpeechProbabilitiesRequest` is answered here at
+        once (`speech_probabilities`): the reply, not a job.
         """
-        from app.audio.decode import decode_mono
-
+        if isinstance(request, SpeechProbabilitiesRequest):
+            return self.speech_probabilities(request)  # type: ignore[return-value]
         self.check(request)  # before decoding: a language the model lacks costs no decode
-        return self.prepare_samples(request, decode_mono(request.path, SAMPLE_RATE, self.settings.max_audio_seconds))
+        return self.prepare_samples(request, self._decode(request))
 
     def prepare_samples(self, request: TranscribeRequest, audio: Any) -> Job:
         """`prepare` for audio already decoded: `audio`, float32 mono samples at 16 kHz
@@ -405,6 +415,39 @@ class WhisperEngine:
         for chunk, meta in zip(chunks, metadata):
             job.add(meta["duration"], (chunk, meta))
         return job
+
+    def _decode(self, request: TranscribeRequest) -> Any:
+        """The request's audio as 16-kHz mono float32 samples: its file, or its inline PCM."""
+        import io
+
+        from app.audio.decode import decode_mono, pcm_wav
+
+        source: Any = request.path
+        if isinstance(request, TranscribePcmRequest):
+            source = io.BytesIO(pcm_wav(request.pcm, request.encoding, request.sample_rate))
+        return decode_mono(source, SAMPLE_RATE, self.settings.max_audio_seconds)
+
+    def speech_probabilities(self, request: SpeechProbabilitiesRequest) -> SpeechProbabilities:
+        """Silero VAD (faster-whisper's model, as `prepare` uses it) over each chunk of
+        `request`, one probability per whole window after its context, rounded to 3 decimals."""
+        import io
+
+        import numpy as np
+        from faster_whisper.vad import get_vad_model
+
+        from app.audio.decode import WAV_FORMATS, decode_mono, pcm_wav
+
+        sample_bytes = WAV_FORMATS[request.encoding][1] // 8
+        probabilities: list[float] = []
+        for chunk, context in zip(request.chunks, request.context):
+            audio = decode_mono(io.BytesIO(pcm_wav(chunk, request.encoding, request.sample_rate)), SAMPLE_RATE)
+            samples = len(chunk) // sample_bytes * SAMPLE_RATE // request.sample_rate  # the windows the caller counts
+            audio = np.pad(audio[:samples], (0, max(0, samples - audio.shape[0])))
+            windows = samples // VAD_WINDOW_SAMPLES
+            if windows > context:
+                scores = get_vad_model()(audio[: windows * VAD_WINDOW_SAMPLES]).reshape(-1)
+                probabilities.extend(round(float(p), 3) for p in scores[context:])
+        return SpeechProbabilities(probabilities=probabilities)
 
     def submit(self, request: TranscribeRequest, cancel: threading.Event) -> Future:
         """Prepare `request` and queue its pieces; the future resolves to its `Transcript`."""

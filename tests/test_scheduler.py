@@ -224,3 +224,39 @@ def test_a_lane_leaves_a_busy_lane_its_share_of_the_queue():
     assert sorted(name for _, names in batches for name in names) == ["a", "b", "c", "d"]
     assert len(batches) == 4
     scheduler.stop()
+
+
+def test_a_lane_takes_every_queued_live_piece_up_to_the_live_batch_size(recorder):
+    """Live chunks of many requests share one batch (the engine may pack them into one
+    window); recordings still go in batches of `batch_size`, after the live pieces."""
+    recorder.gate.set()
+    scheduler = Scheduler(recorder, finish, batch_size=2, live_lane=False, live_batch_size=5)
+    live = [make_job(f"live{i}", 1, priority="live", seconds=5.12) for i in range(7)]
+    french = make_job("fr", 1, priority="live", key="fr")
+    recording = make_job("rec", 3)
+    with scheduler._lock:  # everything queued before the lane looks
+        for job in [recording, *live[:3], french, *live[3:]]:
+            scheduler.submit(job)
+    for job in [recording, french, *live]:
+        job.future.result(5)
+    names = [[name for name, _ in batch] for batch in recorder.batches]
+    assert names == [
+        ["live0", "live1", "live2", "live3", "live4"], ["fr"], ["live5", "live6"], ["rec", "rec"], ["rec"]
+    ]
+    scheduler.stop()
+
+
+def test_the_live_lane_batches_live_pieces_beside_a_running_recording_batch(recorder):
+    scheduler, blocker = start_blocked(recorder, batch_size=2, lanes=1, live_lane=True, live_batch_size=8)
+    with scheduler._lock:
+        jobs = [make_job(f"live{i}", 1, priority="live") for i in range(6)]
+        for job in jobs:
+            scheduler.submit(job)
+    deadline = time.monotonic() + 5
+    while len(recorder.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert recorder.batches[1] == [(f"live{i}", 0) for i in range(6)] and not blocker.future.done()
+    recorder.gate.set()
+    for job in jobs:
+        job.future.result(5)
+    scheduler.stop()

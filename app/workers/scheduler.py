@@ -13,9 +13,12 @@ most 30 s each). The scheduler keeps every job's pending pieces and runs batches
   `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
   lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
 
-A batch holds at most `batch_size` pieces that share one compatibility key (for Whisper:
-language, task and decoding options); pieces of one job keep their order within a batch
-and the job's pieces are handed out in order. When a job's last piece is done the engine's
+A batch holds pieces that share one compatibility key (for Whisper: language, task and
+decoding options): at most `batch_size` pieces of recordings, or every queued live piece up
+to `live_batch_size` (live pieces are short and come from many requests at once; an engine
+may decode several of them in one model row, as Whisper packs short chunks into one 30-s
+window). Pieces of one job keep their order within a batch and the job's pieces are
+handed out in order. When a job's last piece is done the engine's
 ``finish(job)`` assembles the answer on the job's own timeline. A cancelled job loses its
 queued pieces at once; pieces of it that are already in a running batch are discarded.
 
@@ -128,8 +131,10 @@ class Scheduler:
         live_run_batch: Callable[[Sequence[Piece]], Sequence[Any]] | None = None,
         lane_nice: int = 0,
         name: str = "scheduler",
+        live_batch_size: int | None = None,
     ) -> None:
         self.run_batch = run_batch
+        self.live_batch_size = live_batch_size or batch_size
         self.live_run_batch = live_run_batch or run_batch
         self.lane_nice = lane_nice
         self.finish = finish
@@ -214,8 +219,8 @@ class Scheduler:
             self._run(batch, self.live_run_batch if live_only else self.run_batch)
 
     def _limit(self, live_only: bool) -> int:
-        """Pieces the next batch may take: `batch_size`, or with several general lanes an
-        equal share of what is queued, counting the busy lanes too (lock held).
+        """Recording pieces the next batch may take: `batch_size`, or with several general
+        lanes an equal share of what is queued, counting the busy lanes too (lock held).
 
         A busy lane will want its share when its batch ends: taking the whole queue into one
         batch would leave that lane idle at the end while this one still runs (4 pieces on
@@ -226,21 +231,22 @@ class Scheduler:
         return max(1, min(self.batch_size, -(-waiting // self._lanes)))
 
     def _take(self, live_only: bool) -> list[Piece]:
-        """Up to `batch_size` compatible pieces: live jobs in arrival order, then (unless
-        `live_only`) recordings one piece per job per round. Call with the lock held."""
+        """Compatible pieces: every queued live piece (up to `live_batch_size`, jobs in
+        arrival order), else (unless `live_only`) up to `_limit` recording pieces, one per
+        job per round. Call with the lock held."""
         batch: list[Piece] = []
         key: Hashable = None
-        limit = self._limit(live_only)
         for job in list(self._live):
-            while job.pieces and len(batch) < limit and (not batch or job.key == key):
+            while job.pieces and len(batch) < self.live_batch_size and (not batch or job.key == key):
                 key = job.key
                 batch.append(self._pop(job))
-            if len(batch) == limit:
+            if len(batch) == self.live_batch_size:
                 break
         if batch or live_only or self._live_running:
             # While live pieces run, recording lanes start nothing new: the live lane gets
             # the device (on the CPU, the cores) as soon as the running batches end.
             return self._ordered(batch)
+        limit = self._limit(live_only)
         progress = True
         while len(batch) < limit and progress:
             progress = False

@@ -168,7 +168,7 @@ async def _transcribe(
     whisper = client.call(settings, "whisper", request, Transcript)
     if not diarize:
         return await whisper, None
-    diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset)
+    diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset, priority=request.priority)
     try:
         async with asyncio.TaskGroup() as group:
             transcript = group.create_task(whisper)

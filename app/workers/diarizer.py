@@ -33,6 +33,7 @@ import msgspec
 from app.errors import Unavailable
 from app.settings import Settings
 from app.workers.protocol import Pong
+from app.workers.scheduler import Priority
 
 log = logging.getLogger("app.worker.diarizer")
 
@@ -47,6 +48,8 @@ class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
 
     Optional speaker-count hints (integers >= 1, checked by the HTTP side):
     `num_speakers` fixes the count; `min_speakers` / `max_speakers` bound it.
+    `priority`: ``live`` jobs (uploads with ``diarize=true``) run before queued
+    ``recording`` ones (`/diarize`), as in the Whisper worker.
     """
 
     path: str
@@ -54,6 +57,7 @@ class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    priority: Priority = "recording"
 
 
 class Turn(msgspec.Struct, frozen=True):

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from app.workers.scheduler import Job
-from app.workers.whisper import PIECE_SECONDS, PIECES_PER_WINDOW, Span, batch_rows, plan_windows, split_packed
+from app.workers.whisper import (
+    PIECE_SECONDS,
+    PIECES_PER_WINDOW,
+    Span,
+    _redo,
+    _token_budget,
+    batch_rows,
+    plan_windows,
+    split_packed,
+)
 
 TIMESTAMP_BEGIN = 50364  # Whisper's first timestamp token
 
@@ -120,3 +129,25 @@ def test_rows_pack_live_pieces_with_silence_between_and_leave_the_rest_alone() -
     assert alone.spans is None and single.spans is None  # a lone piece is decoded as before
     assert alone.carry == "rec" and packed.carry is not packed.pieces[0].job.context
     assert max(row.meta["duration"] for row in rows) <= PIECE_SECONDS
+
+
+class Options:
+    compression_ratio_threshold = 2.4
+    initial_prompt = None
+
+
+def test_only_the_pieces_a_window_failed_are_decoded_again() -> None:
+    good = segment([(" tiger", 1.0, 1.5)])
+    looped = {**segment([(" hello", 6.5, 6.8)]), "compression_ratio": 9.0}
+    parts = [[good], [looped], [], [good]]
+    assert _redo(parts, Options()) == [1, 2]
+
+
+def test_a_live_batch_may_decode_twice_fast_speech_and_no_more() -> None:
+    rows = batch_rows([make_piece("a", 5.0), make_piece("b", 4.0)], lambda piece: True, gap=1.0)
+    assert _token_budget(rows, Options()) == 10 * 10 + 16
+    alone = batch_rows([make_piece("c", 30.0)], lambda piece: False)
+    assert _token_budget(alone, Options()) == 316
+    class Prompted(Options):
+        initial_prompt = "Reflector"
+    assert _token_budget(alone, Prompted()) == 448 - 230

@@ -333,30 +333,31 @@ def batch_rows(pieces: Sequence[Piece], pack: Callable[[Piece], bool], gap: floa
     return rows
 
 
-TOKENS_PER_SECOND = 12  # well above fast speech (~5 words/s); a window decoding more loops
+TOKENS_PER_SECOND = 10  # twice fast speech (~3.3 words/s, ~5 tokens/s); more is a loop
 MAX_TOKENS = 448  # Whisper's decoder length, prompt included
 PROMPT_TOKENS = 230  # room the prompt may take: 223 of its own tokens and the start sequence
 
 
 def _token_budget(rows: Sequence[_Row], options: Any) -> int:
-    """New tokens a batch with packed rows may decode: `TOKENS_PER_SECOND` per second of
-    its longest row, within the decoder's length, so a repetition loop in a window ends
-    early instead of decoding 448 tokens for every request in it."""
+    """New tokens a batch of live rows may decode: `TOKENS_PER_SECOND` per second of its
+    longest row, within the decoder's length. A repetition loop ("Hello. Hello. ...") then
+    ends after that many steps instead of 448, which on a busy live lane is the difference
+    between one slow answer and a queue that every meeting waits behind."""
     longest = max(row.meta["duration"] for row in rows)
     room = MAX_TOKENS - (PROMPT_TOKENS if options.initial_prompt else 8)
     return max(16, min(room, math.ceil(TOKENS_PER_SECOND * longest) + 16))
 
 
-def _redo(segments: list[dict], parts: list[list[dict]], options: Any) -> list[int]:
+def _redo(parts: list[list[dict]], options: Any) -> list[int]:
     """Which pieces of a packed window to decode again alone (indices in window order):
-    all of them when a segment is over Whisper's compression-ratio threshold (a repetition
-    loop) or the token budget ran out, else those that got no word although VAD found
-    speech in each (the decoder skipped them)."""
-    if any(segment["compression_ratio"] > options.compression_ratio_threshold for segment in segments) or (
-        options.max_new_tokens is not None and sum(len(s["tokens"]) for s in segments) >= options.max_new_tokens - 2
-    ):
-        return list(range(len(parts)))
-    return [index for index, part in enumerate(parts) if not any(segment["words"] for segment in part)]
+    those with a segment over Whisper's compression-ratio threshold (a repetition loop),
+    and those that got no word although VAD found speech in each (the decoder skipped
+    them, or a loop used up the tokens before their turn)."""
+    return [
+        index for index, part in enumerate(parts)
+        if not any(segment["words"] for segment in part)
+        or any(segment["compression_ratio"] > options.compression_ratio_threshold for segment in part)
+    ]
 
 
 def _alone(piece: Piece) -> _Row:
@@ -595,14 +596,14 @@ class WhisperEngine:
 
         With `live_packing`, short live pieces share windows (`batch_rows`): one encoder
         pass and one beam search for several requests, each word handed back to its own
-        piece by time (`split_packed`). A window whose decoding fails Whisper's own check
-        (compression ratio over the threshold: a repetition loop) or runs out of tokens is
-        decoded again piece by piece, as is a piece the window left without a word
-        (`_redo`), so one request's audio never costs another request its words."""
+        piece by time (`split_packed`). A piece whose part of the window fails Whisper's
+        own check (compression ratio over the threshold: a repetition loop) or got no word
+        is decoded again alone (`_redo`), so one request's audio never costs another
+        request its words. Batches of live pieces decode at most `_token_budget` tokens."""
         rows = batch_rows(pieces, self._packs if self.live_packing else lambda piece: False)
         first: _Timeline = pieces[0].job.context
         options = first.options
-        if any(row.spans for row in rows):
+        if all(piece.job.priority == "live" for piece in pieces):
             options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
         outputs: dict[int, list[dict]] = {}
         again: list[Piece] = []
@@ -611,13 +612,17 @@ class WhisperEngine:
                 outputs[id(row.pieces[0])] = segments
                 continue
             parts = split_packed(segments, row.spans, first.tokenizer)
-            redo = _redo(segments, parts, options)
-            outputs.update((id(piece), part) for index, (piece, part) in enumerate(zip(row.pieces, parts)) if index not in redo)
-            again.extend(row.pieces[index] for index in redo)
+            redo = _redo(parts, options)
+            for index, (piece, part) in enumerate(zip(row.pieces, parts)):
+                if index in redo:
+                    again.append(piece)
+                else:
+                    outputs[id(piece)] = part
         if again:
             log.info("packed windows failed their checks: %d pieces decoded again alone", len(again))
             rows = [_alone(piece) for piece in again]
-            for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, first.options)):
+            options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
+            for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, options)):
                 outputs[id(row.pieces[0])] = segments
         return [outputs[id(piece)] for piece in pieces]
 

@@ -260,3 +260,24 @@ def test_the_live_lane_batches_live_pieces_beside_a_running_recording_batch(reco
     for job in jobs:
         job.future.result(5)
     scheduler.stop()
+
+
+def test_with_a_live_lane_only_it_takes_live_pieces_and_recordings_wait_for_them(recorder):
+    """Free recording lanes leave queued live pieces to the live lane (on a CPU they run
+    niced, and the live lane's next batch can share passes), and start no recording piece
+    while live pieces wait."""
+    scheduler = Scheduler(recorder, finish, batch_size=2, lanes=2, live_lane=True, live_batch_size=8, name="t")
+    first = make_job("live0", 1, priority="live")
+    scheduler.submit(first)
+    assert recorder.started.wait(5)
+    later = [make_job(f"live{i}", 1, priority="live") for i in (1, 2)]
+    recording = make_job("rec", 1)
+    for job in [*later, recording]:
+        scheduler.submit(job)
+    time.sleep(0.2)
+    assert recorder.batches == [[("live0", 0)]]  # two recording lanes idle, nothing else taken
+    recorder.gate.set()
+    for job in [first, *later, recording]:
+        job.future.result(5)
+    assert recorder.batches[1:] == [[("live1", 0), ("live2", 0)], [("rec", 0)]]
+    scheduler.stop()

@@ -4,11 +4,13 @@ A request becomes a `Job` cut into `Piece`s (for Whisper: speech regions merged 
 most 30 s each). The scheduler keeps every job's pending pieces and runs batches on
 *lanes*, one thread each, that call the engine's ``run_batch(pieces)``:
 
-- the **bulk lane** takes live pieces first; when there are none, it takes pieces of
-  recordings in turn, one piece per recording per round, so a 6-hour file does not hold a
-  10-minute one for its whole length;
-- the **live lane** (when `live_lane` is on) takes only live pieces, so a live piece never
-  waits for a running batch of recording pieces (CTranslate2 runs batches at once on one
+- the **bulk lane** takes pieces of recordings in turn, one piece per recording per round,
+  so a 6-hour file does not hold a 10-minute one for its whole length (and live pieces
+  first when there is no live lane);
+- the **live lane** (when `live_lane` is on) takes all live pieces, so a live piece never
+  waits for a running batch of recording pieces, and live pieces queued while it decodes
+  go together into its next batch (on a CPU, live pieces handed to the niced recording
+  lanes waited seconds for the cores, and one lane sees more pieces to share a pass) (CTranslate2 runs batches at once on one
   loaded model: ``inter_threads``, faster-whisper's ``num_workers``). It calls
   `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
   lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
@@ -150,6 +152,7 @@ class Scheduler:
         self.last_progress = time.monotonic()  # when a batch last ended (the watchdog's pulse)
         self._lanes = lanes
         self._live_running = 0  # pieces of live jobs in running batches
+        self._live_lane = live_lane
         kinds = [(f"bulk{i}", False) for i in range(lanes)] + ([("live", True)] if live_lane else [])
         self._threads = [
             threading.Thread(target=self._lane, args=(live_only,), name=f"{name}-{lane}", daemon=True)
@@ -227,24 +230,26 @@ class Scheduler:
         2 lanes: 1 + 2 rounds on one lane, 1 on the other, instead of 2 + 2)."""
         if live_only or self._lanes == 1:
             return self.batch_size
-        waiting = sum(len(job.pieces) for job in itertools.chain(self._live, self._recordings))
+        queues = (self._recordings,) if self._live_lane else (self._live, self._recordings)
+        waiting = sum(len(job.pieces) for job in itertools.chain(*queues))
         return max(1, min(self.batch_size, -(-waiting // self._lanes)))
 
     def _take(self, live_only: bool) -> list[Piece]:
         """Compatible pieces: every queued live piece (up to `live_batch_size`, jobs in
-        arrival order), else (unless `live_only`) up to `_limit` recording pieces, one per
-        job per round. Call with the lock held."""
+        arrival order; for the live lane, or any lane when there is none), else (unless
+        `live_only`) up to `_limit` recording pieces, one per job per round. Call with the
+        lock held."""
         batch: list[Piece] = []
         key: Hashable = None
-        for job in list(self._live):
+        for job in list(self._live) if live_only or not self._live_lane else ():
             while job.pieces and len(batch) < self.live_batch_size and (not batch or job.key == key):
                 key = job.key
                 batch.append(self._pop(job))
             if len(batch) == self.live_batch_size:
                 break
-        if batch or live_only or self._live_running:
-            # While live pieces run, recording lanes start nothing new: the live lane gets
-            # the device (on the CPU, the cores) as soon as the running batches end.
+        if batch or live_only or self._live_running or self._live:
+            # While live pieces wait or run, recording lanes start nothing new: the live
+            # lane gets the device (on the CPU, the cores) as soon as the running batches end.
             return self._ordered(batch)
         limit = self._limit(live_only)
         progress = True

@@ -600,6 +600,7 @@ class WhisperEngine:
         own check (compression ratio over the threshold: a repetition loop) or got no word
         is decoded again alone (`_redo`), so one request's audio never costs another
         request its words. Batches of live pieces decode at most `_token_budget` tokens."""
+        started = time.monotonic()
         rows = batch_rows(pieces, self._packs if self.live_packing else lambda piece: False)
         first: _Timeline = pieces[0].job.context
         options = first.options
@@ -624,6 +625,10 @@ class WhisperEngine:
             options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
             for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, options)):
                 outputs[id(row.pieces[0])] = segments
+        log.debug(
+            "batch on %s: %d pieces in %d rows, %d decoded again, %.2f s",
+            threading.current_thread().name, len(pieces), len(rows), len(again), time.monotonic() - started,
+        )
         return [outputs[id(piece)] for piece in pieces]
 
     def _forward(self, rows: list[_Row], model: Any, tokenizer: Any, options: Any) -> list[list[dict]]:

@@ -194,9 +194,9 @@ def recording_time(service: Service, url: str) -> float:
     return time.perf_counter() - started
 
 
-def ladder(hosts: list[Host], rungs: list[int], seconds: float, recording_url: str | None) -> None:
+def ladder(hosts: list[Host], rungs: list[int], seconds: float, recording_url: str | None, every: bool) -> None:
     """Each rung on every host still holding, one host right after the other; a host
-    leaves the ladder at its first failed rung."""
+    leaves the ladder at its first failed rung (unless `every`)."""
     label = "with the recording" if recording_url else "live only"
     climbing = list(hosts)
     for meetings in rungs:
@@ -215,7 +215,7 @@ def ladder(hosts: list[Host], rungs: list[int], seconds: float, recording_url: s
                 extra = (f"  recording {step.recording_seconds:5.1f} s = "
                          f"{step.recording_seconds / host.recording_alone:.2f}x alone")
             print(f"   [{label}] {host.name:>5} N={meetings:2d}: {step.line()}  (load {step.load:.1f}){extra}", flush=True)
-            if not step.held:
+            if not step.held and not every:
                 climbing.remove(host)
             time.sleep(2.0)  # let queues drain
         if not climbing:
@@ -270,7 +270,10 @@ def main() -> None:
     parser.add_argument("--ladder", default="2,4,6,8,10,12,14,16", help="meeting counts, comma-separated")
     parser.add_argument("--step-seconds", type=float, default=30.0)
     parser.add_argument("--recording-minutes", type=float, default=10.0, help="0: skip part 3")
-    parser.add_argument("--compare", type=Path, help="another checkout to measure in the same run")
+    parser.add_argument("--no-wer", action="store_true", help="skip part 2")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another checkout to measure in the same run (repeatable)")
+    parser.add_argument("--all-rungs", action="store_true", help="climb every rung, past a failure")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for this checkout's service")
     args = parser.parse_args()
     rungs = [int(n) for n in args.ladder.split(",")]
@@ -286,7 +289,7 @@ def main() -> None:
         certs = work / "certs"
         certs.mkdir()
         tls.make_cert(certs, "localhost", "IP:127.0.0.1")
-        roots = ([("base", args.compare.resolve())] if args.compare else []) + [("new", ROOT)]
+        roots = [(path.resolve().name, path.resolve()) for path in args.compare] + [("new", ROOT)]
         hosts = []
         for name, root in roots:
             service = stack.enter_context(running_service(certs, root=root, **(env if root == ROOT else {})))
@@ -298,12 +301,12 @@ def main() -> None:
               f"hosts: {', '.join(f'{h.name} ({r})' for h, (_, r) in zip(hosts, roots))}; {os.cpu_count()} CPUs")
 
         print("1. live meetings alone on the host")
-        ladder(hosts, rungs, args.step_seconds, None)
+        ladder(hosts, rungs, args.step_seconds, None, args.all_rungs)
         for host in hosts:
             print(f"   {host.name}: largest N that held: {largest_held(host.steps)}")
 
         new = hosts[-1]
-        together, alone = live_wer(new, audio, work)
+        together, alone = live_wer(new, audio, work) if not args.no_wer else ([math.nan], [math.nan])
         print(f"2. WER of live chunks ({new.name}, {TILINGS} tilings of the sample): "
               f"{TILINGS} at once (sharing passes) mean {statistics.mean(together):.3f} median {statistics.median(together):.3f}; "
               f"alone mean {statistics.mean(alone):.3f} median {statistics.median(alone):.3f}; "
@@ -315,7 +318,7 @@ def main() -> None:
             for host in hosts:
                 host.recording_alone = recording_time(host.service, url)
                 print(f"3. {host.name}: a {args.recording_minutes:g}-minute recording alone: {host.recording_alone:.1f} s")
-            ladder(hosts, rungs, args.step_seconds, url)
+            ladder(hosts, rungs, args.step_seconds, url, args.all_rungs)
             for host in hosts:
                 held = [s for s in host.loaded_steps if s.held]
                 slowdown = f", recording {held[-1].recording_seconds / host.recording_alone:.2f}x alone there" if held else ""

@@ -18,8 +18,9 @@ chunk answers 200 and the 95th percentile of latency is at most 3 s. Prints, in 
    as each step: the same ladder, and the recording's time against its time alone.
 
 ``--compare PATH`` also starts the service of another checkout (e.g. a worktree of the
-base branch) and runs every step on it right before this one, so both are measured in the
-same minute; figures print side by side. The machine's other load distorts timings: the
+base branch), ``--variant NAME:VAR=VALUE`` this checkout with other settings (e.g.
+``batched:REFLECTOR_GPU_WHISPER_LIVE_PACKING=off``), and every step runs on each of them
+right before this one, so all are measured in the same minute; figures print side by side. The machine's other load distorts timings: the
 load average is printed with every step.
 
 Run with `make bench` or ``.venv/bin/python bench/live_meetings.py [--compare PATH]``.
@@ -157,16 +158,16 @@ class Meetings:
         start = meeting * len(self.audio) / SAMPLE_RATE / meetings + index * CHUNK_SECONDS
         return wav_bytes(looped(self.audio, start, CHUNK_SECONDS), self.work)
 
-    def run(self, meetings: int, seconds: float, busy=lambda: False) -> Step:
+    def run(self, meetings: int, seconds: float, busy=lambda: False, longest: float = 240.0) -> Step:
         """Run `meetings` meetings, starts staggered over one chunk period, for `seconds`
-        and as long as `busy()` holds, then wait for every answer."""
+        and as long as `busy()` holds (`longest` s at most), then wait for every answer."""
         step = Step(meetings, load=os.getloadavg()[0])
         futures = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=256) as pool:
             started = time.perf_counter()
             for index in itertools.count():
                 begins = [meeting * CHUNK_SECONDS / meetings + index * CHUNK_SECONDS for meeting in range(meetings)]
-                if begins[0] >= seconds and not busy():
+                if begins[0] >= seconds and (not busy() or begins[0] >= longest):
                     break
                 for meeting, begin in enumerate(begins):
                     data = self.chunk(meetings, meeting, index)
@@ -274,12 +275,12 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="another checkout to measure in the same run (repeatable)")
     parser.add_argument("--all-rungs", action="store_true", help="climb every rung, past a failure")
-    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for this checkout's service")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+                        help="also this checkout with these settings, e.g. batched:REFLECTOR_GPU_WHISPER_LIVE_PACKING=off")
     args = parser.parse_args()
     rungs = [int(n) for n in args.ladder.split(",")]
     sample = pyannote_sample_dir() / "sample.wav"
     audio = decode_mono(sample)
-    env = dict(item.split("=", 1) for item in args.env)
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
@@ -289,16 +290,20 @@ def main() -> None:
         certs = work / "certs"
         certs.mkdir()
         tls.make_cert(certs, "localhost", "IP:127.0.0.1")
-        roots = [(path.resolve().name, path.resolve()) for path in args.compare] + [("new", ROOT)]
+        roots = [(path.resolve().name, path.resolve(), {}) for path in args.compare]
+        for variant in args.variant:
+            name, _, settings = variant.partition(":")
+            roots.append((name, ROOT, dict(item.split("=", 1) for item in settings.split(",") if item)))
+        roots.append(("new", ROOT, {}))
         hosts = []
-        for name, root in roots:
-            service = stack.enter_context(running_service(certs, root=root, **(env if root == ROOT else {})))
+        for name, root, env in roots:
+            service = stack.enter_context(running_service(certs, root=root, **env))
             host = Host(name, service, Meetings(service, audio, work))
             post(host.meetings.sdk, host.meetings.chunk(1, 0, 1))  # warm-up
             hosts.append(host)
         print(f"live meetings: chunks of {CHUNK_SECONDS} s every {CHUNK_SECONDS} s per meeting, "
               f"{args.step_seconds:g} s a step; held = every answer 200 and p95 <= {P95_BAR_SECONDS:g} s; "
-              f"hosts: {', '.join(f'{h.name} ({r})' for h, (_, r) in zip(hosts, roots))}; {os.cpu_count()} CPUs")
+              f"hosts: {', '.join(f'{name} ({root} {env})' for name, root, env in roots)}; {os.cpu_count()} CPUs")
 
         print("1. live meetings alone on the host")
         ladder(hosts, rungs, args.step_seconds, None, args.all_rungs)

@@ -281,3 +281,24 @@ def test_with_a_live_lane_only_it_takes_live_pieces_and_recordings_wait_for_them
         job.future.result(5)
     assert recorder.batches[1:] == [[("live1", 0), ("live2", 0)], [("rec", 0)]]
     scheduler.stop()
+
+
+def test_a_second_live_lane_takes_what_queued_while_the_first_decodes(recorder):
+    scheduler = Scheduler(recorder, finish, batch_size=2, lanes=1, live_lanes=2, live_batch_size=8, name="t")
+    first = make_job("live0", 1, priority="live")
+    scheduler.submit(first)
+    assert recorder.started.wait(5)
+    later = [make_job(f"live{i}", 1, priority="live") for i in (1, 2)]
+    for job in later:
+        scheduler.submit(job)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while len(recorder.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The second live lane took live1 at once; live2 waits for a free live lane.
+    assert recorder.batches == [[("live0", 0)], [("live1", 0)]]
+    recorder.gate.set()
+    for job in [first, *later]:
+        job.future.result(5)
+    assert recorder.batches[2] == [("live2", 0)]
+    scheduler.stop()

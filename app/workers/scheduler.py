@@ -7,13 +7,14 @@ most 30 s each). The scheduler keeps every job's pending pieces and runs batches
 - the **bulk lane** takes pieces of recordings in turn, one piece per recording per round,
   so a 6-hour file does not hold a 10-minute one for its whole length (and live pieces
   first when there is no live lane);
-- the **live lane** (when `live_lane` is on) takes all live pieces, so a live piece never
-  waits for a running batch of recording pieces, and live pieces queued while it decodes
-  go together into its next batch (on a CPU, live pieces handed to the niced recording
-  lanes waited seconds for the cores, and one lane sees more pieces to share a pass) (CTranslate2 runs batches at once on one
-  loaded model: ``inter_threads``, faster-whisper's ``num_workers``). It calls
-  `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
-  lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
+- the **live lanes** (`live_lanes` of them, when `live_lane` is on) take all live pieces,
+  so a live piece never waits for a running batch of recording pieces (CTranslate2 runs
+  batches at once on one loaded model: ``inter_threads``, faster-whisper's
+  ``num_workers``), and the live pieces queued while they decode go together into the
+  next live batch. They call `live_run_batch` when given (the engine may run live pieces
+  elsewhere), and the general lanes run at nice `lane_nice` so that on a CPU the live
+  lanes take the cores first (which is also why general lanes leave live pieces alone:
+  handed to a niced lane, a live piece waited seconds for a core).
 
 A batch holds pieces that share one compatibility key (for Whisper: language, task and
 decoding options): at most `batch_size` pieces of recordings, or every queued live piece up
@@ -116,7 +117,8 @@ class Job:
 
 
 class Scheduler:
-    """Runs `run_batch` over pieces of submitted jobs on one or two lane threads.
+    """Runs `run_batch` over pieces of submitted jobs on `lanes` general lane threads and
+    `live_lanes` live ones (see the module docstring).
 
     `run_batch(pieces) -> outputs` (one output per piece, same order) runs on a lane
     thread; `finish(job) -> result` runs once all of a job's outputs are in. Both may
@@ -134,6 +136,7 @@ class Scheduler:
         lane_nice: int = 0,
         name: str = "scheduler",
         live_batch_size: int | None = None,
+        live_lanes: int = 1,
     ) -> None:
         self.run_batch = run_batch
         self.live_batch_size = live_batch_size or batch_size
@@ -153,7 +156,8 @@ class Scheduler:
         self._lanes = lanes
         self._live_running = 0  # pieces of live jobs in running batches
         self._live_lane = live_lane
-        kinds = [(f"bulk{i}", False) for i in range(lanes)] + ([("live", True)] if live_lane else [])
+        live = [f"live{i}" if live_lanes > 1 else "live" for i in range(live_lanes if live_lane else 0)]
+        kinds = [(f"bulk{i}", False) for i in range(lanes)] + [(lane, True) for lane in live]
         self._threads = [
             threading.Thread(target=self._lane, args=(live_only,), name=f"{name}-{lane}", daemon=True)
             for lane, live_only in kinds

@@ -444,10 +444,11 @@ class WhisperEngine:
             # On the CPU the cores are what live and recording pieces share: the recording
             # lanes get a model copy of their own whose threads run at `RECORDING_NICE`, so
             # a live piece takes the cores from them at once (on tiny.en, ~75 MB more).
-            # Each recording lane gets its share of the cores (one beam search on tiny.en ran
-            # no faster on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample).
-            self.model = WhisperModel(self.model_path, num_workers=1, **options)
+            # Each lane gets its share of the cores (one beam search on tiny.en ran no faster
+            # on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample), and live
+            # pieces get as many lanes as recordings (bench/live_meetings.py).
             per_lane = {**options, "cpu_threads": max(1, options["cpu_threads"] // lanes)}
+            self.model = WhisperModel(self.model_path, num_workers=lanes, **per_lane)
             self.recording_model = devices.in_niced_thread(
                 RECORDING_NICE, lambda: WhisperModel(self.model_path, num_workers=lanes, **per_lane)
             )
@@ -466,6 +467,7 @@ class WhisperEngine:
             lane_nice=RECORDING_NICE if self.device == "cpu" else 0,
             name="whisper",
             live_batch_size=batch * (PIECES_PER_WINDOW if self.live_packing else 1),
+            live_lanes=1 if self.device == "cuda" else lanes,
         )
         self.load_seconds = time.monotonic() - started
         log.info(

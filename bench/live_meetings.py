@@ -11,9 +11,10 @@ chunk answers 200 and the 95th percentile of latency is at most 3 s. Prints, in 
 1. per step: median, p95 and max latency (s), non-200 answers, held or not; the largest N
    that held;
 2. the WER of live chunks: 16 tilings of the sample into chunks (cut at different offsets,
-   each tiling covering the whole sample, so the sample's reference text scores it), posted
-   16 at once so that they share model passes (packed or batched), against the same chunks
-   posted one at a time (alone); mean and median over tilings, and the difference;
+   each tiling covering the whole sample, so the sample's reference text scores it),
+   decoded in-process by this checkout's engine alone, batched 5 at a time (separate
+   windows) and packed 5 to a window, 5 chunks of different speech at a time; mean and
+   median over tilings, and the difference to alone;
 3. while a `--recording-minutes` (10) recording is transcribed from a URL at the same time
    as each step: the same ladder, and the recording's time against its time alone.
 
@@ -53,6 +54,7 @@ from concurrency import from_url, normalise, reference_words, wer
 
 from app import tls
 from app.audio.decode import decode_mono
+from app.workers.whisper import PIECES_PER_WINDOW
 from tests.conftest import (
     Service,
     pyannote_sample_dir,
@@ -242,28 +244,42 @@ def tilings(audio: np.ndarray) -> list[list[np.ndarray]]:
     return result
 
 
-def live_wer(host: Host, audio: np.ndarray, work: Path) -> tuple[list[float], list[float]]:
-    """Per tiling, the WER of its chunks' joined answers: posted TILINGS at once (tiling t
-    sends its chunk (k + t) mod K in round k, so chunks in one round hold different
-    speech), and posted one at a time. Returns (at once, alone)."""
-    cut = tilings(audio)
-    data = [[wav_bytes(chunk, work) for chunk in chunks] for chunks in cut]
+def live_wer(audio: np.ndarray, work: Path, together: int) -> dict[str, list[float]]:
+    """Per tiling, the WER of its chunks' joined transcripts, decoded by this checkout's
+    engine in-process three ways: each chunk alone, `together` chunks of different tilings
+    in one batch of separate windows (batched), and the same in one window (packed). The
+    chunks decoded together hold different speech (tiling t gives its chunk (k + t) mod K
+    in round k), as different meetings' chunks do."""
+    from app import settings as settings_module
+    from app.workers.whisper import TranscribeRequest, WhisperEngine
+
+    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models"), "REFLECTOR_GPU_DEVICE": "cpu"})
+    engine = WhisperEngine(settings)
+    paths = [[write_wav(work / f"tiling{t}-{i}.wav", chunk) for i, chunk in enumerate(chunks)]
+             for t, chunks in enumerate(tilings(audio))]
     reference = reference_words()
-    together: list[list[str]] = [[""] * len(chunks) for chunks in cut]
-    rounds = max(len(chunks) for chunks in cut)
-    with concurrent.futures.ThreadPoolExecutor(TILINGS) as pool:
-        for k in range(rounds):
-            jobs = {(t, (k + t) % len(cut[t])): pool.submit(post, host.meetings.sdk, data[t][(k + t) % len(cut[t])])
-                    for t in range(TILINGS)}
-            for (t, index), future in jobs.items():
-                answer = future.result()
-                together[t][index] = answer.text if answer.status == 200 else ""
-    alone = [[post(host.meetings.sdk, chunk).text for chunk in chunks] for chunks in data]
-
-    def score(texts: list[list[str]]) -> list[float]:
-        return [wer(normalise(" ".join(chunks)), reference) for chunks in texts]
-
-    return score(together), score(alone)
+    scores: dict[str, list[float]] = {}
+    for mode in ("alone", "batched", "packed"):
+        engine.live_packing = mode == "packed"
+        jobs = [[engine.prepare(TranscribeRequest(path=str(path), language="en", priority="live")) for path in row]
+                for row in paths]
+        groups = [[(t, i) for t in range(len(jobs)) for i in range(len(jobs[t]))]] if mode == "alone" else []
+        if mode != "alone":
+            for first in range(0, len(jobs), together):
+                members = range(first, min(first + together, len(jobs)))
+                for k in range(max(len(jobs[t]) for t in members)):
+                    groups.append([(t, (k + t) % len(jobs[t])) for t in members])
+        for group in groups:
+            pieces = [piece for t, i in group for piece in jobs[t][i].pieces]
+            batches = [[piece] for piece in pieces] if mode == "alone" else [pieces]
+            for batch in filter(None, batches):
+                for piece, output in zip(batch, engine._run_batch(batch, engine.model)):
+                    piece.job.outputs[piece.index] = output
+        scores[mode] = [
+            wer(normalise(" ".join(engine._finish(job).text for job in row)), reference) for row in jobs
+        ]
+    engine.scheduler.stop()
+    return scores
 
 
 def main() -> None:
@@ -310,13 +326,14 @@ def main() -> None:
         for host in hosts:
             print(f"   {host.name}: largest N that held: {largest_held(host.steps)}")
 
-        new = hosts[-1]
-        together, alone = live_wer(new, audio, work) if not args.no_wer else ([math.nan], [math.nan])
-        print(f"2. WER of live chunks ({new.name}, {TILINGS} tilings of the sample): "
-              f"{TILINGS} at once (sharing passes) mean {statistics.mean(together):.3f} median {statistics.median(together):.3f}; "
-              f"alone mean {statistics.mean(alone):.3f} median {statistics.median(alone):.3f}; "
-              f"difference mean {statistics.mean(together) - statistics.mean(alone):+.3f} "
-              f"median {statistics.median(together) - statistics.median(alone):+.3f}")
+        if not args.no_wer:
+            scores = live_wer(audio, work, PIECES_PER_WINDOW)
+            alone = statistics.mean(scores["alone"])
+            print(f"2. WER of live chunks ({TILINGS} tilings of the sample, this checkout in-process, "
+                  f"{PIECES_PER_WINDOW} chunks of different speech at a time), mean (median) over tilings: "
+                  + "; ".join(f"{mode} {statistics.mean(v):.3f} ({statistics.median(v):.3f})" for mode, v in scores.items())
+                  + "; difference to alone: "
+                  + ", ".join(f"{mode} {statistics.mean(v) - alone:+.3f}" for mode, v in scores.items() if mode != "alone"))
 
         if args.recording_minutes > 0:
             url = f"{source.url}/recording.wav"

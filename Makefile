@@ -45,6 +45,7 @@ cert: $(STAMP)
 bench: models
 	$(PY) bench/transcription.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/live_meetings.py
 	$(PY) bench/diarization.py
 	$(PY) bench/audio.py
 	$(PY) bench/acme_start.py

@@ -178,9 +178,15 @@ class Service:
 
 
 def start_service(
-    cert_dir: Path | None, api_key: str | None = API_KEY, wait: bool = True, ca_file: Path | None = None, **env: str
+    cert_dir: Path | None,
+    api_key: str | None = API_KEY,
+    wait: bool = True,
+    ca_file: Path | None = None,
+    root: Path = ROOT,
+    **env: str,
 ) -> Service:
-    """Start ``entrypoint.py`` on a free loopback port; `env` adds ``REFLECTOR_GPU_*`` settings.
+    """Start ``entrypoint.py`` of the checkout at `root` (this one by default; benches
+    compare another) on a free loopback port; `env` adds ``REFLECTOR_GPU_*`` settings.
 
     Clients trust `ca_file`, else ``ca.crt`` of `cert_dir`, else the self-signed CA in the
     state dir."""
@@ -195,6 +201,7 @@ def start_service(
         REFLECTOR_GPU_APIKEY=api_key or "",
         REFLECTOR_GPU_MODELS_DIR=str(ROOT / "models"),
         PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(root),
     )
     if cert_dir is not None:
         full_env["REFLECTOR_GPU_TLS_DIR"] = str(cert_dir)
@@ -202,7 +209,7 @@ def start_service(
     log_path = state_dir / "service.log"
     log_file = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "entrypoint.py")], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+        [sys.executable, str(root / "entrypoint.py")], cwd=root, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
     )
     scheme = "http" if env.get("REFLECTOR_GPU_TLS") == "off" else "https"
     if ca_file is None:

@@ -126,7 +126,8 @@ class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
     `references`: known speakers' voices, each 2-10 s of audio in any format FFmpeg
     decodes (at most 4, each at most 4 MiB, checked by the HTTP side); the reply's
     `matched` says which speaker each one names (`app.diarization.known`). The `fast`
-    pipeline only.
+    pipeline only. `priority`: ``live`` jobs (uploads with ``diarize=true``) run before
+    queued ``recording`` ones (`/diarize`, the from-URL route), as in the Whisper worker.
     """
 
     path: str
@@ -135,6 +136,7 @@ class DiarizeRequest(msgspec.Struct, tag="diarize", frozen=True):
     min_speakers: int | None = None
     max_speakers: int | None = None
     references: list[bytes] = []
+    priority: Priority = "recording"
 
 
 class Turn(msgspec.Struct, frozen=True):

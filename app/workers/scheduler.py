@@ -4,18 +4,24 @@ A request becomes a `Job` cut into `Piece`s (for Whisper: speech regions merged 
 most 30 s each). The scheduler keeps every job's pending pieces and runs batches on
 *lanes*, one thread each, that call the engine's ``run_batch(pieces)``:
 
-- the **bulk lane** takes live pieces first; when there are none, it takes pieces of
-  recordings in turn, one piece per recording per round, so a 6-hour file does not hold a
-  10-minute one for its whole length;
-- the **live lane** (when `live_lane` is on) takes only live pieces, so a live piece never
-  waits for a running batch of recording pieces (CTranslate2 runs batches at once on one
-  loaded model: ``inter_threads``, faster-whisper's ``num_workers``). It calls
-  `live_run_batch` when given (the engine may run live pieces elsewhere), and the general
-  lanes run at nice `lane_nice` so that on a CPU the live lane takes the cores first.
+- the **bulk lane** takes pieces of recordings in turn, one piece per recording per round,
+  so a 6-hour file does not hold a 10-minute one for its whole length (and live pieces
+  first when there is no live lane);
+- the **live lanes** (`live_lanes` of them, when `live_lane` is on) take all live pieces,
+  so a live piece never waits for a running batch of recording pieces (CTranslate2 runs
+  batches at once on one loaded model: ``inter_threads``, faster-whisper's
+  ``num_workers``), and the live pieces queued while they decode go together into the
+  next live batch. They call `live_run_batch` when given (the engine may run live pieces
+  elsewhere), and the general lanes run at nice `lane_nice` so that on a CPU the live
+  lanes take the cores first (which is also why general lanes leave live pieces alone:
+  handed to a niced lane, a live piece waited seconds for a core).
 
-A batch holds at most `batch_size` pieces that share one compatibility key (for Whisper:
-language, task and decoding options); pieces of one job keep their order within a batch
-and the job's pieces are handed out in order. When a job's last piece is done the engine's
+A batch holds pieces that share one compatibility key (for Whisper: language, task and
+decoding options): at most `batch_size` pieces of recordings, or every queued live piece up
+to `live_batch_size` (live pieces are short and come from many requests at once; an engine
+may decode several of them in one model row, as Whisper packs short chunks into one 30-s
+window). Pieces of one job keep their order within a batch and the job's pieces are
+handed out in order. When a job's last piece is done the engine's
 ``finish(job)`` assembles the answer on the job's own timeline. A cancelled job loses its
 queued pieces at once; pieces of it that are already in a running batch are discarded.
 
@@ -112,7 +118,8 @@ class Job:
 
 
 class Scheduler:
-    """Runs `run_batch` over pieces of submitted jobs on one or two lane threads.
+    """Runs `run_batch` over pieces of submitted jobs on `lanes` general lane threads and
+    `live_lanes` live ones (see the module docstring).
 
     `run_batch(pieces) -> outputs` (one output per piece, same order) runs on a lane
     thread; `finish(job) -> result` runs once all of a job's outputs are in. Both may
@@ -129,8 +136,11 @@ class Scheduler:
         live_run_batch: Callable[[Sequence[Piece]], Sequence[Any]] | None = None,
         lane_nice: int = 0,
         name: str = "scheduler",
+        live_batch_size: int | None = None,
+        live_lanes: int = 1,
     ) -> None:
         self.run_batch = run_batch
+        self.live_batch_size = live_batch_size or batch_size
         self.live_run_batch = live_run_batch or run_batch
         self.lane_nice = lane_nice
         self.finish = finish
@@ -147,7 +157,9 @@ class Scheduler:
         self.last_progress = time.monotonic()  # when a batch last ended (the watchdog's pulse)
         self._lanes = lanes
         self._live_running = 0  # pieces of live jobs in running batches
-        kinds = [(f"bulk{i}", False) for i in range(lanes)] + ([("live", True)] if live_lane else [])
+        self._live_lane = live_lane
+        live = [f"live{i}" if live_lanes > 1 else "live" for i in range(live_lanes if live_lane else 0)]
+        kinds = [(f"bulk{i}", False) for i in range(lanes)] + [(lane, True) for lane in live]
         self._threads = [
             threading.Thread(target=self._lane, args=(live_only,), name=f"{name}-{lane}", daemon=True)
             for lane, live_only in kinds
@@ -220,33 +232,36 @@ class Scheduler:
             self._run(batch, self.live_run_batch if live_only else self.run_batch)
 
     def _limit(self, live_only: bool) -> int:
-        """Pieces the next batch may take: `batch_size`, or with several general lanes an
-        equal share of what is queued, counting the busy lanes too (lock held).
+        """Recording pieces the next batch may take: `batch_size`, or with several general
+        lanes an equal share of what is queued, counting the busy lanes too (lock held).
 
         A busy lane will want its share when its batch ends: taking the whole queue into one
         batch would leave that lane idle at the end while this one still runs (4 pieces on
         2 lanes: 1 + 2 rounds on one lane, 1 on the other, instead of 2 + 2)."""
         if live_only or self._lanes == 1:
             return self.batch_size
-        waiting = sum(len(job.pieces) for job in itertools.chain(self._live, self._recordings))
+        queues = (self._recordings,) if self._live_lane else (self._live, self._recordings)
+        waiting = sum(len(job.pieces) for job in itertools.chain(*queues))
         return max(1, min(self.batch_size, -(-waiting // self._lanes)))
 
     def _take(self, live_only: bool) -> list[Piece]:
-        """Up to `batch_size` compatible pieces: live jobs in arrival order, then (unless
-        `live_only`) recordings one piece per job per round. Call with the lock held."""
+        """Compatible pieces: every queued live piece (up to `live_batch_size`, jobs in
+        arrival order; for the live lane, or any lane when there is none), else (unless
+        `live_only`) up to `_limit` recording pieces, one per job per round. Call with the
+        lock held."""
         batch: list[Piece] = []
         key: Hashable = None
-        limit = self._limit(live_only)
-        for job in list(self._live):
-            while job.pieces and len(batch) < limit and (not batch or job.key == key):
+        for job in list(self._live) if live_only or not self._live_lane else ():
+            while job.pieces and len(batch) < self.live_batch_size and (not batch or job.key == key):
                 key = job.key
                 batch.append(self._pop(job))
-            if len(batch) == limit:
+            if len(batch) == self.live_batch_size:
                 break
-        if batch or live_only or self._live_running:
-            # While live pieces run, recording lanes start nothing new: the live lane gets
-            # the device (on the CPU, the cores) as soon as the running batches end.
+        if batch or live_only or self._live_running or self._live:
+            # While live pieces wait or run, recording lanes start nothing new: the live
+            # lane gets the device (on the CPU, the cores) as soon as the running batches end.
             return self._ordered(batch)
+        limit = self._limit(live_only)
         progress = True
         while len(batch) < limit and progress:
             progress = False

@@ -9,20 +9,25 @@ The engine's contract is `app.workers.engine.Engine` (plain engines: one job at 
 scheduled engines: pieces batched across jobs by their scheduler). A client that leaves has
 its job cancelled, and a scheduled job's queued pieces dropped at once. A scheduled
 engine's `prepare` may answer a cheap request itself (the reply struct instead of a job).
+Requests with ``priority="live"`` go first: a plain engine runs them before any queued
+recording (a running one is not interrupted), and a scheduled engine prepares them first
+and on one more thread of their own, so a live chunk is never decoded behind a long
+recording. Live jobs are never refused for the queued audio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
-import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
 
 import msgspec
@@ -47,6 +52,51 @@ def load_engine_class(path: str) -> type:
 
 
 PREPARE_THREADS = 2  # requests decoded and cut at once while batches run
+LIVE_PREPARE_THREADS = 1  # and more for live requests only
+
+
+class PriorityRunner:
+    """Runs calls on `threads` threads, those submitted as ``live`` before ``recording``
+    ones (each kind in arrival order); `live_threads` more threads run live calls only.
+
+    `submit(priority, fn, *args)` returns a `concurrent.futures.Future` of ``fn(*args)``.
+    The threads are daemons that live as long as the worker process.
+    """
+
+    def __init__(self, threads: int, live_threads: int = 0, name: str = "runner") -> None:
+        self._ready = threading.Condition()
+        self._queues: dict[str, collections.deque] = {"live": collections.deque(), "recording": collections.deque()}
+        for index in range(threads + live_threads):
+            live_only = index >= threads
+            threading.Thread(target=self._work, args=(live_only,), name=f"{name}-{index}", daemon=True).start()
+
+    def submit(self, priority: str, fn, *args) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._ready:
+            self._queues["live" if priority == "live" else "recording"].append((future, fn, args))
+            self._ready.notify_all()
+        return future
+
+    def _next(self, live_only: bool):
+        for kind in ("live",) if live_only else ("live", "recording"):
+            if self._queues[kind]:
+                return self._queues[kind].popleft()
+        return None
+
+    def _work(self, live_only: bool) -> None:
+        while True:
+            with self._ready:
+                call = self._next(live_only)
+                while call is None:
+                    self._ready.wait()
+                    call = self._next(live_only)
+            future, fn, args = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
+                future.set_exception(exc)
 
 
 def failure_from(exc: BaseException, kind: str, cancelled: bool = False) -> Failure:
@@ -97,8 +147,10 @@ class WorkerServer:
         self.scheduled = engine.scheduler is not None
         self.queued_audio = 0.0  # seconds of audio of accepted, unfinished plain jobs
         self.speed = engine.scheduler.speed if self.scheduled else RealTimeFactor()
-        workers = PREPARE_THREADS if self.scheduled else 1
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=engine.kind)
+        if self.scheduled:
+            self._runner = PriorityRunner(PREPARE_THREADS, LIVE_PREPARE_THREADS, name=engine.kind)
+        else:
+            self._runner = PriorityRunner(1, name=engine.kind)
         self._decoder = msgspec.msgpack.Decoder(Union[(Ping, *engine.request_types)])  # type: ignore[misc]
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -172,18 +224,18 @@ class WorkerServer:
             self.progress()  # idle time is no stall
         self.pending += 1  # counted before any await, so the limit above sees every job
         seconds = 0.0
+        priority = getattr(request, "priority", "recording")
         try:
             if not self.scheduled:  # measured from the file's header, before Accepted:
                 seconds = await asyncio.to_thread(self.engine.audio_seconds, request) or 0.0  # a refusal comes without it
-                if self._over_audio_limit(seconds):
+                if priority != "live" and self._over_audio_limit(seconds):
                     seconds = 0.0
                     return self._audio_limit_failure(self.queued_audio)
                 self.queued_audio += seconds
             writer.write(encode_frame(Accepted()))
             await writer.drain()
             cancel = ProgressEvent(self.progress)
-            loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(self._executor, self._start, request, cancel, seconds)
+            job = asyncio.wrap_future(self._runner.submit(priority, self._start, request, cancel, seconds))
             hangup = asyncio.ensure_future(reader.read(1))  # b"" when the client goes away
             try:
                 done, _ = await asyncio.wait({job, hangup}, return_when=asyncio.FIRST_COMPLETED)

@@ -15,9 +15,13 @@ request's last piece is done, its words are mapped back to its own timeline, exa
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +50,7 @@ log = logging.getLogger("app.worker.whisper")
 SAMPLE_RATE = 16000  # Hz, what Whisper's feature extractor expects
 MIN_CLIP_SECONDS = 0.5
 PIECE_SECONDS = 30  # Whisper's window: the longest piece VAD regions are merged into
+FRAMES_PER_SECOND = 100  # Whisper's feature frames per second (hop of 160 samples at 16 kHz)
 # faster-whisper's batched defaults (BatchedInferencePipeline.transcribe): VAD regions cut at
 # the piece length, 160 ms of silence ends a region.
 VAD_MIN_SILENCE_MS = 160
@@ -59,6 +64,11 @@ TRANSLATE_NO_REPEAT_NGRAM = 4
 # faster-whisper's temperature fallback (`generate_with_fallback`), after 0: a piece decoded
 # at temperature 0 whose text repeats itself is sampled again at each in turn.
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+# Packing live pieces: silence between two requests' audio in one window (enough for Whisper
+# to end a segment; measured in bench/live_meetings.py), and the longest piece worth packing.
+PACK_GAP_SECONDS = 1.0
+PACK_MAX_PIECE_SECONDS = 10.0
+PIECES_PER_WINDOW = 5  # Reflector's 5.12-s chunks a window holds: 5 x 5.12 + 4 gaps < 30 s
 
 
 def recording_lanes(device: str) -> int:
@@ -105,6 +115,216 @@ class _Timeline:
     tokenizer: Any
     options: Any
     last_speech_timestamp: float = 0.0
+
+
+class _Carry:
+    """The word-timing state of a packed window (no request's state carries into it)."""
+
+    last_speech_timestamp = 0.0
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one packed piece lies in its window: `start` to `end` (s from the window's
+    start), and the piece's own `offset` (s, its place on its request's speech timeline)."""
+
+    start: float
+    end: float
+    offset: float
+
+
+def plan_windows(durations: Sequence[float], window: float = PIECE_SECONDS, gap: float = PACK_GAP_SECONDS) -> list[list[int]]:
+    """Group items of `durations` (s), in order, into windows of at most `window` s with
+    `gap` s of silence between neighbours; returns the indices each window holds. An item
+    longer than `window` gets a window of its own (greedy: order is kept, nothing moves
+    back to an earlier window)."""
+    windows: list[list[int]] = []
+    used = 0.0
+    for index, seconds in enumerate(durations):
+        if windows and used + gap + seconds <= window:
+            windows[-1].append(index)
+            used += gap + seconds
+        else:
+            windows.append([index])
+            used = seconds
+    return windows
+
+
+def _owner(time: float, spans: Sequence[Span]) -> int:
+    """The span a time (s in the window) belongs to: the nearest one (gaps split in the middle)."""
+    for index in range(len(spans) - 1):
+        if time < (spans[index].end + spans[index + 1].start) / 2:
+            return index
+    return len(spans) - 1
+
+
+TIME_PRECISION = 0.02  # s per Whisper timestamp token
+
+
+def _extent(segment: dict, tokenizer: Any) -> tuple[float, float]:
+    """Where Whisper put a segment (s in the window): its own timestamp tokens, which it
+    predicts from the audio, else the segment's (word-adjusted) start and end."""
+    tokens, begin = segment["tokens"], tokenizer.timestamp_begin
+    start, end = segment["start"], segment["end"]
+    if tokens and tokens[0] >= begin:
+        start = (tokens[0] - begin) * TIME_PRECISION
+    if tokens and tokens[-1] >= begin:
+        end = (tokens[-1] - begin) * TIME_PRECISION
+    return start, end
+
+
+def _parts(segment: dict, spans: Sequence[Span], tokenizer: Any) -> list[tuple[int, list[dict]]]:
+    """Which span each word of a packed window's segment goes to, as ``(span, words)`` parts.
+
+    Whisper ends a segment at the silence between two pieces, so a segment that does not
+    run over a whole gap belongs, with all its words, to the span it overlaps most (a word
+    that alignment timed a little into the gap stays with its sentence). A segment that
+    runs over a gap is cut by its words' middles, nearest span."""
+    words = segment.get("words") or []
+    start, end = _extent(segment, tokenizer)
+    crosses = any(start < left.end and end > right.start for left, right in itertools.pairwise(spans))
+    if not crosses:
+        overlaps = [min(end, span.end) - max(start, span.start) for span in spans]
+        best = max(range(len(spans)), key=overlaps.__getitem__)
+        return [(best if overlaps[best] > 0 else _owner((start + end) / 2, spans), words)]
+    parts: list[tuple[int, list[dict]]] = []
+    for word in words:
+        owner = _owner((word["start"] + word["end"]) / 2, spans)
+        if parts and parts[-1][0] == owner:
+            parts[-1][1].append(word)
+        else:
+            parts.append((owner, [word]))
+    return parts or [(_owner((start + end) / 2, spans), [])]
+
+
+def split_packed(segments: list[dict], spans: Sequence[Span], tokenizer: Any) -> list[list[dict]]:
+    """Hand the segments decoded from one packed window back to its pieces.
+
+    `segments`: faster-whisper's segment dicts for the window (times in s from the window's
+    start, ``tokens`` with Whisper's timestamp tokens, ``words`` with
+    ``word``/``start``/``end``/``probability``); `spans`: where each piece lies, in window
+    order; `tokenizer`: faster-whisper's (``encode``, ``timestamp_begin``). Words go to
+    pieces as `_parts` says and their times are clipped to their piece's span, so a word
+    never crosses a boundary and a piece only gets words timed inside its own audio. A
+    segment cut in parts gets its text and tokens from its words. Returns one list of
+    segment dicts per span, timed on the piece's own speech timeline (``offset + t -
+    start``), as `BatchedInferencePipeline.forward` times a piece decoded alone.
+    """
+    outputs: list[list[dict]] = [[] for _ in spans]
+    for segment in segments:
+        parts = _parts(segment, spans, tokenizer)
+        for owner, words in parts:
+            span = spans[owner]
+
+            def moved(time: float, span: Span = span) -> float:
+                return round(span.offset + min(max(time, span.start), span.end) - span.start, 3)
+
+            words = [dict(word, start=moved(word["start"]), end=moved(word["end"])) for word in words]
+            if len(parts) == 1:
+                text = segment["text"]
+                tokens = [token for token in segment["tokens"] if token < tokenizer.timestamp_begin]
+            else:
+                text = "".join(word["word"] for word in words)
+                tokens = tokenizer.encode(text)
+            outputs[owner].append({
+                **segment, "text": text, "tokens": tokens, "words": words,
+                "start": words[0]["start"] if words else moved(segment["start"]),
+                "end": words[-1]["end"] if words else moved(segment["end"]),
+                "seek": round(span.offset * FRAMES_PER_SECOND),
+                "compression_ratio": _compression_ratio(text) if len(parts) > 1 else segment["compression_ratio"],
+            })
+    return outputs
+
+
+def _compression_ratio(text: str) -> float:
+    """Whisper's compression ratio of `text` (bytes / zlib-compressed bytes)."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(eq=False)
+class _Row:
+    """One row of a batch: the audio (16 kHz float32) Whisper sees as one window, the chunk
+    metadata `forward` takes for it, the pieces it holds, their spans when packed (None: one
+    piece decoded alone), and whose word-timing state it carries."""
+
+    audio: Any
+    meta: dict
+    pieces: list[Piece]
+    spans: list[Span] | None
+    carry: Any
+
+
+def batch_rows(pieces: Sequence[Piece], pack: Callable[[Piece], bool], gap: float = PACK_GAP_SECONDS) -> list[_Row]:
+    """The rows of a batch: each piece alone, except that consecutive pieces for which
+    `pack(piece)` holds are packed into windows (`plan_windows`), `gap` s of silence
+    between them. Piece data: ``(audio, chunk metadata)`` as `WhisperEngine.prepare` makes."""
+    import numpy as np
+
+    rows: list[_Row] = []
+    run: list[Piece] = []
+
+    def flush() -> None:
+        for indices in plan_windows([piece.seconds for piece in run], gap=gap):
+            if len(indices) == 1:
+                rows.append(_alone(run[indices[0]]))
+                continue
+            parts, spans, at = [], [], 0.0
+            silence = np.zeros(round(gap * SAMPLE_RATE), dtype=np.float32)
+            for number, index in enumerate(indices):
+                audio, meta = run[index].data
+                if number:
+                    parts.append(silence)
+                    at += len(silence) / SAMPLE_RATE
+                parts.append(audio)
+                spans.append(Span(at, at + len(audio) / SAMPLE_RATE, meta["offset"]))
+                at += len(audio) / SAMPLE_RATE
+            meta = {"offset": 0.0, "duration": at, "segments": []}
+            rows.append(_Row(np.concatenate(parts), meta, [run[i] for i in indices], spans, _Carry()))
+        run.clear()
+
+    for piece in pieces:
+        if pack(piece):
+            run.append(piece)
+            continue
+        flush()
+        rows.append(_alone(piece))
+    flush()
+    return rows
+
+
+TOKENS_PER_SECOND = 10  # twice fast speech (~3.3 words/s, ~5 tokens/s); more is a loop
+MAX_TOKENS = 448  # Whisper's decoder length, prompt included
+PROMPT_TOKENS = 230  # room the prompt may take: 223 of its own tokens and the start sequence
+
+
+def _token_budget(rows: Sequence[_Row], options: Any) -> int:
+    """New tokens a batch of live rows may decode: `TOKENS_PER_SECOND` per second of its
+    longest row, within the decoder's length. A repetition loop ("Hello. Hello. ...") then
+    ends after that many steps instead of 448, which on a busy live lane is the difference
+    between one slow answer and a queue that every meeting waits behind."""
+    longest = max(row.meta["duration"] for row in rows)
+    room = MAX_TOKENS - (PROMPT_TOKENS if options.initial_prompt else 8)
+    return max(16, min(room, math.ceil(TOKENS_PER_SECOND * longest) + 16))
+
+
+def _redo(parts: list[list[dict]], options: Any) -> list[int]:
+    """Which pieces of a packed window to decode again alone (indices in window order):
+    those with a segment over Whisper's compression-ratio threshold (a repetition loop),
+    and those that got no word although VAD found speech in each (the decoder skipped
+    them, or a loop used up the tokens before their turn)."""
+    return [
+        index for index, part in enumerate(parts)
+        if not any(segment["words"] for segment in part)
+        or any(segment["compression_ratio"] > options.compression_ratio_threshold for segment in part)
+    ]
+
+
+def _alone(piece: Piece) -> _Row:
+    audio, meta = piece.data
+    return _Row(audio, meta, [piece], None, piece.job.context)
 
 
 class _PerJobWordTiming:
@@ -249,14 +469,18 @@ class WhisperEngine:
         self.models = [self._load(name) for name in choice.serve]  # replaced whole by a switch
         self._pipeline_class = BatchedInferencePipeline
         self._cache_lock = threading.Lock()
+        self.live_packing = settings.whisper_packs_live(self.layout)
+        batch = settings.whisper_batch(self.layout)
         self.scheduler = Scheduler(
             lambda pieces: self._run_batch(pieces, live=False),
             self._finish,
-            settings.whisper_batch(self.layout),
+            batch,
             lanes=self.lanes,
             live_run_batch=lambda pieces: self._run_batch(pieces, live=True),
             lane_nice=RECORDING_NICE if self.layout == "cpu" else 0,
             name="whisper",
+            live_batch_size=batch * (PIECES_PER_WINDOW if self.live_packing else 1),
+            live_lanes=1 if self.layout == "cuda" else self.lanes,
         )
         self.load_seconds = time.monotonic() - started
         log.info(
@@ -289,10 +513,12 @@ class WhisperEngine:
             # On the CPU the cores are what live and recording pieces share: the recording
             # lanes get a model copy of their own whose threads run at `RECORDING_NICE`, so
             # a live piece takes the cores from them at once (on tiny.en, ~75 MB more).
-            # Each recording lane gets its share of the cores (one beam search on tiny.en ran
-            # no faster on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample).
-            live = WhisperModel(path, num_workers=1, **options)
+            # Each lane gets its share of the cores (one beam search on tiny.en ran no faster
+            # on 2 threads than on 1: 1.13 s against 1.01 s for the 30-s sample), and live
+            # pieces get as many lanes as recordings: with one live lane the second core
+            # idled while live chunks queued (bench/live_meetings.py).
             per_lane = {**options, "cpu_threads": max(1, options["cpu_threads"] // self.lanes)}
+            live = WhisperModel(path, num_workers=self.lanes, **per_lane)
             recording = devices.in_niced_thread(
                 RECORDING_NICE, lambda: WhisperModel(path, num_workers=self.lanes, **per_lane)
             )
@@ -513,32 +739,75 @@ class WhisperEngine:
     def _run_batch(self, pieces: list[Piece], live: bool) -> list[list[dict]]:
         """Decode one batch (pieces grouped by job, in order; one key, so one model) on the
         job's model, its `live` copy or its recording one, with faster-whisper's batched
-        forward pass; one list of segment dicts per piece."""
+        forward pass; one list of segment dicts per piece.
+
+        With `live_packing`, short live pieces share windows (`batch_rows`): one encoder
+        pass and one beam search for several requests, each word handed back to its own
+        piece by time (`split_packed`). A piece whose part of the window fails Whisper's
+        own check (compression ratio over the threshold: a repetition loop) or got no word
+        is decoded again alone (`_redo`), so one request's audio never costs another
+        request its words. Batches of live pieces decode at most `_token_budget` tokens."""
+        started = time.monotonic()
+        loaded: LoadedModel = pieces[0].job.context.model
+        model = loaded.live if live else loaded.recording
+        rows = batch_rows(pieces, self._packs if self.live_packing else lambda piece: False)
+        first: _Timeline = pieces[0].job.context
+        options = first.options
+        if all(piece.job.priority == "live" for piece in pieces):
+            options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
+        outputs: dict[int, list[dict]] = {}
+        again: list[Piece] = []
+        for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, options)):
+            if row.spans is None:
+                outputs[id(row.pieces[0])] = segments
+                continue
+            parts = split_packed(segments, row.spans, first.tokenizer)
+            redo = _redo(parts, options)
+            for index, (piece, part) in enumerate(zip(row.pieces, parts)):
+                if index in redo:
+                    again.append(piece)
+                else:
+                    outputs[id(piece)] = part
+        if again:
+            log.info("packed windows failed their checks: %d pieces decoded again alone", len(again))
+            rows = [_alone(piece) for piece in again]
+            options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
+            for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, options)):
+                outputs[id(row.pieces[0])] = segments
+        log.debug(
+            "batch on %s: %d pieces in %d rows, %d decoded again, %.2f s",
+            threading.current_thread().name, len(pieces), len(rows), len(again), time.monotonic() - started,
+        )
+        return [outputs[id(piece)] for piece in pieces]
+
+    def _forward(self, rows: list[_Row], model: Any, tokenizer: Any, options: Any) -> list[list[dict]]:
+        """faster-whisper's batched forward pass over `rows`, words aligned per row group,
+        decoded by `_Decoder` (sampling, the temperature fallback); each segment dict gets
+        the temperature its row was decoded at."""
         import numpy as np
         from faster_whisper.audio import pad_or_trim
 
-        loaded: LoadedModel = pieces[0].job.context.model
-        model = loaded.live if live else loaded.recording
-        features = np.stack(
-            [pad_or_trim(model.feature_extractor(piece.data[0])[..., :-1]) for piece in pieces]
-        )
-        groups: list[tuple[int, int, _Timeline]] = []
-        for row, piece in enumerate(pieces):
-            if groups and groups[-1][2] is piece.job.context:
-                start, count, timeline = groups[-1]
-                groups[-1] = (start, count + 1, timeline)
+        features = np.stack([pad_or_trim(model.feature_extractor(row.audio)[..., :-1]) for row in rows])
+        groups: list[tuple[int, int, Any]] = []
+        for index, row in enumerate(rows):
+            if groups and groups[-1][2] is row.carry:
+                start, count, carry = groups[-1]
+                groups[-1] = (start, count + 1, carry)
             else:
-                groups.append((row, 1, piece.job.context))
-        first: _Timeline = pieces[0].job.context
+                groups.append((index, 1, row.carry))
         timed = _PerJobWordTiming(model, groups)
-        decoder = _Decoder(model.model, first.tokenizer, first.options)
+        decoder = _Decoder(model.model, tokenizer, options)
         timed.model = decoder  # what `forward` generates with
-        metadata = [piece.data[1] for piece in pieces]
-        outputs = self._pipeline_class(timed).forward(features, first.tokenizer, metadata, first.options)
+        outputs = self._pipeline_class(timed).forward(features, tokenizer, [row.meta for row in rows], options)
         for segments, temperature in zip(outputs, decoder.temperatures):
             for segment in segments:
                 segment["temperature"] = temperature
         return outputs
+
+    @staticmethod
+    def _packs(piece: Piece) -> bool:
+        """Whether `piece` may share a window: a live piece of at most `PACK_MAX_PIECE_SECONDS`."""
+        return piece.job.priority == "live" and piece.seconds <= PACK_MAX_PIECE_SECONDS
 
     def _finish(self, job: Job) -> Transcript:
         """Map a job's decoded pieces back to its timeline (`restore_speech_timestamps`) and

@@ -157,8 +157,10 @@ async def _transcribe(
     whisper = workers.call("whisper", request, Transcript)
     if not diarize:
         return UrlResult(await whisper)
-    diarize_request = DiarizeRequest(path=request.path, timestamp=request.timestamp_offset,
-                                     references=list(known.references))
+    diarize_request = DiarizeRequest(
+        path=request.path, timestamp=request.timestamp_offset, references=list(known.references),
+        priority=request.priority,
+    )
     try:
         async with asyncio.TaskGroup() as group:
             transcript = group.create_task(whisper)

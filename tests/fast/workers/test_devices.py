@@ -130,14 +130,20 @@ def test_whisper_engine_on_the_cpu_or_with_the_cuda_layout_forced(gpus, monkeypa
     engine = WhisperEngine(Settings(whisper_model="tiny.en"))
     engine.scheduler.stop()
     assert (engine.device, engine.compute_type, engine.lanes) == ("cpu", "int8", 2)
-    assert [b["num_workers"] for b in _RecordedWhisperModel.built] == [1, 2]  # live copy, niced recording copy
+    # A live copy and a niced recording copy, each with a CTranslate2 worker per lane.
+    assert [b["num_workers"] for b in _RecordedWhisperModel.built] == [2, 2]
     assert engine.scheduler.batch_size == 2 and engine.scheduler.lane_nice == RECORDING_NICE
+    assert engine.live_packing and engine.scheduler.live_batch_size == 2 * 5  # packed: 5 chunks a window
+    assert sorted(thread.name for thread in engine.scheduler._threads) == [
+        "whisper-bulk0", "whisper-bulk1", "whisper-live0", "whisper-live1"
+    ]
     # The switch tests and the device check's rehearsal use: CUDA's layout, on the CPU.
     _RecordedWhisperModel.built = []
     forced = WhisperEngine(Settings(whisper_model="tiny.en"), layout="cuda")
     forced.scheduler.stop()
     assert (forced.device, forced.layout, forced.lanes, forced.scheduler.batch_size) == ("cpu", "cuda", 1, 8)
     assert [(b["device"], b["num_workers"]) for b in _RecordedWhisperModel.built] == [("cpu", 2)]
+    assert not forced.live_packing and forced.scheduler.live_batch_size == 8  # CUDA: separate windows
 
 
 def test_translator_on_a_gpu_asks_for_int8_float16(gpus, monkeypatch, m2m100_model: Path) -> None:  # noqa: F811

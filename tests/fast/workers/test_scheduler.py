@@ -244,3 +244,81 @@ def test_an_empty_job_is_finished_outside_the_lock_and_counted() -> None:
     assert seen == [True] and scheduler.jobs_done == 1
     assert job.progress is not None and job.progress.job == "whisper"  # named after its scheduler, not "transcription"
     scheduler.stop()
+
+
+def test_a_lane_takes_every_queued_live_piece_up_to_the_live_batch_size(recorder):
+    """Live chunks of many requests share one batch (the engine may pack them into one
+    window); recordings still go in batches of `batch_size`, after the live pieces."""
+    recorder.gate.set()
+    scheduler = Scheduler(recorder, finish, batch_size=2, live_lane=False, live_batch_size=5)
+    live = [make_job(f"live{i}", 1, priority="live", seconds=5.12) for i in range(7)]
+    french = make_job("fr", 1, priority="live", key="fr")
+    recording = make_job("rec", 3)
+    with scheduler._lock:  # everything queued before the lane looks
+        for job in [recording, *live[:3], french, *live[3:]]:
+            scheduler.submit(job)
+    for job in [recording, french, *live]:
+        job.future.result(5)
+    names = [[name for name, _ in batch] for batch in recorder.batches]
+    assert names == [
+        ["live0", "live1", "live2", "live3", "live4"], ["fr"], ["live5", "live6"], ["rec", "rec"], ["rec"]
+    ]
+    scheduler.stop()
+
+
+def test_the_live_lane_batches_live_pieces_beside_a_running_recording_batch(recorder):
+    scheduler, blocker = start_blocked(recorder, batch_size=2, lanes=1, live_lane=True, live_batch_size=8)
+    with scheduler._lock:
+        jobs = [make_job(f"live{i}", 1, priority="live") for i in range(6)]
+        for job in jobs:
+            scheduler.submit(job)
+    deadline = time.monotonic() + 5
+    while len(recorder.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert recorder.batches[1] == [(f"live{i}", 0) for i in range(6)] and not blocker.future.done()
+    recorder.gate.set()
+    for job in jobs:
+        job.future.result(5)
+    scheduler.stop()
+
+
+def test_with_a_live_lane_only_it_takes_live_pieces_and_recordings_wait_for_them(recorder):
+    """Free recording lanes leave queued live pieces to the live lane (on a CPU they run
+    niced, and the live lane's next batch can share passes), and start no recording piece
+    while live pieces wait."""
+    scheduler = Scheduler(recorder, finish, batch_size=2, lanes=2, live_lane=True, live_batch_size=8, name="t")
+    first = make_job("live0", 1, priority="live")
+    scheduler.submit(first)
+    assert recorder.started.wait(5)
+    later = [make_job(f"live{i}", 1, priority="live") for i in (1, 2)]
+    recording = make_job("rec", 1)
+    for job in [*later, recording]:
+        scheduler.submit(job)
+    time.sleep(0.2)
+    assert recorder.batches == [[("live0", 0)]]  # two recording lanes idle, nothing else taken
+    recorder.gate.set()
+    for job in [first, *later, recording]:
+        job.future.result(5)
+    assert recorder.batches[1:] == [[("live1", 0), ("live2", 0)], [("rec", 0)]]
+    scheduler.stop()
+
+
+def test_a_second_live_lane_takes_what_queued_while_the_first_decodes(recorder):
+    scheduler = Scheduler(recorder, finish, batch_size=2, lanes=1, live_lanes=2, live_batch_size=8, name="t")
+    first = make_job("live0", 1, priority="live")
+    scheduler.submit(first)
+    assert recorder.started.wait(5)
+    later = [make_job(f"live{i}", 1, priority="live") for i in (1, 2)]
+    for job in later:
+        scheduler.submit(job)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while len(recorder.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The second live lane took live1 at once; live2 waits for a free live lane.
+    assert recorder.batches == [[("live0", 0)], [("live1", 0)]]
+    recorder.gate.set()
+    for job in [first, *later]:
+        job.future.result(5)
+    assert recorder.batches[2] == [("live2", 0)]
+    scheduler.stop()

@@ -207,3 +207,62 @@ def test_a_transcribe_request_without_a_language_asks_for_detection() -> None:
     """None means "detect" to the engine, so an omitted language must decode as None, not en."""
     sent = msgspec.msgpack.encode({"type": "transcribe", "path": "/x"})
     assert msgspec.msgpack.decode(sent, type=TranscribeRequest).language is None
+
+
+def test_the_runner_runs_live_calls_first_and_keeps_a_thread_for_them() -> None:
+    from app.workers.server import PriorityRunner
+
+    gate, order = threading.Event(), []
+
+    def call(name: str) -> str:
+        order.append(name)
+        if name.startswith("held"):
+            gate.wait(10)
+        return name
+
+    runner = PriorityRunner(1, live_threads=1, name="t")
+    held = runner.submit("recording", call, "held")
+    while order != ["held"]:
+        time.sleep(0.01)
+    later = [runner.submit(kind, call, name) for kind, name in (("recording", "r1"), ("live", "l1"), ("recording", "r2"))]
+    # The general thread is busy: the live-only thread takes the live call at once.
+    assert later[1].result(5) == "l1" and order == ["held", "l1"] and not held.done()
+    gate.set()
+    assert [f.result(5) for f in (held, *later)] == ["held", "r1", "l1", "r2"]
+    assert order == ["held", "l1", "r1", "r2"]
+
+    one, order[:] = PriorityRunner(1, name="u"), []
+    gate.clear()
+    first = one.submit("recording", call, "held2")
+    while order != ["held2"]:
+        time.sleep(0.01)
+    queued = [one.submit(kind, call, name) for kind, name in (("recording", "r1"), ("recording", "r2"), ("live", "l1"))]
+    gate.set()
+    for future in (first, *queued):
+        future.result(5)
+    assert order == ["held2", "l1", "r1", "r2"]
+
+
+def test_a_live_diarization_goes_before_queued_recordings(workers, stub_settings) -> None:
+    """The diarizer runs one job at a time: a live upload's diarization (diarize=true) waits
+    for the running job only, not for recordings queued before it."""
+    release = threading.Event()
+    done = Diarization(diarization=[], duration=1.0)
+    engine = StubEngine("diarizer", (DiarizeRequest,), lambda request, cancel: done, release)
+    workers.serve(engine)
+
+    def diarize(name: str, priority: str) -> None:
+        request = DiarizeRequest(path=name, priority=priority)  # type: ignore[arg-type]
+        asyncio.run(client.call(stub_settings, "diarizer", request, Diarization))
+
+    threads = [threading.Thread(target=diarize, args=("running", "recording"))]
+    threads[0].start()
+    assert engine.started.wait(5)
+    for name, priority in (("queued1", "recording"), ("queued2", "recording"), ("live", "live")):
+        threads.append(threading.Thread(target=diarize, args=(name, priority)))
+        threads[-1].start()
+        time.sleep(0.2)  # arrive in this order
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert [request.path for request in engine.requests] == ["running", "live", "queued1", "queued2"]

@@ -125,3 +125,56 @@ def test_two_replicas_both_take_work_and_a_killed_one_fails_only_its_requests(
         assert statuses == [200, 503]
         # The supervisor brings replica 0 back.
         assert wait_for(lambda: service.client(key=None).get("/ready").status_code == 200, timeout=120, step=0.5)
+
+
+VOCABULARIES = {  # what espeak-ng says; Whisper writes numbers in digits (NUMBERS)
+    "numbers": "seven, twelve, forty, ninety, three hundred, eleven.",
+    "colors": "purple, orange, yellow, green, violet, crimson.",
+    "animals": "elephant, giraffe, tiger, rabbit, dolphin, penguin.",
+    "fruits": "banana, cherry, mango, apple, lemon, grape.",
+    "cities": "London, Paris, Tokyo, Berlin, Madrid, Chicago.",
+    "weekdays": "Monday, Tuesday, Friday, Sunday, Thursday, Saturday.",
+}
+NUMBERS = "7 12 40 90 300 11"
+
+
+def test_packed_live_chunks_hand_each_request_only_its_own_words(tmp_path: Path, monkeypatch) -> None:
+    """Six live requests, each speaking words of its own vocabulary (espeak-ng), decoded in
+    packed windows: every answer has its own words and none of another request's."""
+    import re
+    import subprocess
+
+    from app.workers import whisper
+    from app.workers.whisper import TranscribeRequest, WhisperEngine
+
+    settings = settings_module.load(
+        {"REFLECTOR_GPU_MODELS_DIR": str(Path(__file__).parent.parent / "models"), "REFLECTOR_GPU_DEVICE": "cpu"}
+    )
+    engine = WhisperEngine(settings)
+    assert engine.live_packing
+    rows: list = []
+    batch_rows = whisper.batch_rows
+    monkeypatch.setattr(whisper, "batch_rows", lambda *args, **kwargs: rows.append(batch_rows(*args, **kwargs)) or rows[-1])
+    jobs = {}
+    for name, text in VOCABULARIES.items():
+        path = tmp_path / f"{name}.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True)
+        jobs[name] = engine.prepare(TranscribeRequest(path=str(path), language="en", priority="live"))
+    with engine.scheduler._lock:  # queued together: one lane takes them in one batch
+        futures = {name: engine.scheduler.submit(job) for name, job in jobs.items()}
+    answers = {name: future.result(120) for name, future in futures.items()}
+    engine.scheduler.stop()
+    assert any(len(row.pieces) >= 4 for batch in rows for row in batch), "the requests were not packed"
+
+    def words(text: str) -> set[str]:
+        return set(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+    vocabularies = {name: words(text) for name, text in VOCABULARIES.items()}
+    vocabularies["numbers"] |= words(NUMBERS)
+    for name, answer in answers.items():
+        own = vocabularies[name]
+        others = set().union(*(v for n, v in vocabularies.items() if n != name)) - own
+        heard = words(" ".join(word.word for word in answer.words))
+        assert not heard & others, f"{name} got another request's words: {heard & others}"
+        assert len(heard & own) >= 4, f"{name} lost its own words: {heard}"
+        assert all(0 <= word.start <= word.end <= answer.duration + 0.01 for word in answer.words)

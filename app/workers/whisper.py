@@ -295,15 +295,20 @@ def batch_rows(pieces: Sequence[Piece], pack: Callable[[Piece], bool], gap: floa
     return rows
 
 
-TOKENS_PER_SECOND = 10  # twice fast speech (~3.3 words/s, ~5 tokens/s); more is a loop
+# New tokens per second of audio a live row may decode. Speech needs ~5-6 a second (fast
+# speech: ~3.5 words/s, ~1.3 tokens a word, timestamp tokens), but the cap must sit well
+# above that: near it the beam search returns a shorter finished hypothesis and drops the
+# end of the speech (the 23.6-s sample lost its last sentence under a cap of 253 tokens,
+# kept it from 300 on). More than this is a repetition loop.
+TOKENS_PER_SECOND = 16
 MAX_TOKENS = 448  # Whisper's decoder length, prompt included
 PROMPT_TOKENS = 230  # room the prompt may take: 223 of its own tokens and the start sequence
 
 
 def _token_budget(rows: Sequence[_Row], options: Any) -> int:
     """New tokens a batch of live rows may decode: `TOKENS_PER_SECOND` per second of its
-    longest row, within the decoder's length. A repetition loop ("Hello. Hello. ...") then
-    ends after that many steps instead of 448, which on a busy live lane is the difference
+    longest row, within the decoder's length. A repetition loop ("Hello. Hello. ...") in a
+    5-s chunk then ends after 98 steps instead of 440, which on a busy live lane is the difference
     between one slow answer and a queue that every meeting waits behind."""
     longest = max(row.meta["duration"] for row in rows)
     room = MAX_TOKENS - (PROMPT_TOKENS if options.initial_prompt else 8)

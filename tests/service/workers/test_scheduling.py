@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from testing.service import Service, pongs, queued_seconds, running_service, wait_for, write_wav
+from testing.service import ROOT, Service, pongs, queued_seconds, running_service, wait_for, write_wav
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +144,12 @@ def test_packed_live_chunks_hand_each_request_only_its_own_words(tmp_path: Path,
     import re
     import subprocess
 
+    from app import settings as settings_module
     from app.workers import whisper
-    from app.workers.whisper import TranscribeRequest, WhisperEngine
+    from app.workers.messages import TranscribeRequest
+    from app.workers.whisper import WhisperEngine
 
-    settings = settings_module.load(
-        {"REFLECTOR_GPU_MODELS_DIR": str(Path(__file__).parent.parent / "models"), "REFLECTOR_GPU_DEVICE": "cpu"}
-    )
+    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models"), "REFLECTOR_GPU_DEVICE": "cpu"})
     engine = WhisperEngine(settings)
     assert engine.live_packing
     rows: list = []

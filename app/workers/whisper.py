@@ -371,13 +371,16 @@ class _Decoder:
     best. At temperature 0, a piece whose text is too repetitive (zlib compression ratio
     above `compression_ratio_threshold`, 2.4: a repetition loop, which ``base`` falls into
     when translating) is sampled again at each of `FALLBACK_TEMPERATURES` until one is not;
-    when none is, the most probable try is kept, as faster-whisper does.
+    when none is, the most probable try is kept, as faster-whisper does. Rows listed in
+    `no_fallback` (packed windows: their failed parts are decoded again alone, `_redo`)
+    keep their temperature-0 result.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, options: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, options: Any, no_fallback: frozenset[int] = frozenset()) -> None:
         self._model = model  # ctranslate2.models.Whisper
         self._tokenizer = tokenizer
         self._options = options
+        self._no_fallback = no_fallback
         self.temperatures: list[float] = []  # the temperature each row's result was decoded at
 
     def __getattr__(self, name: str) -> Any:
@@ -390,6 +393,8 @@ class _Decoder:
         if temperature > 0:
             return results
         for row in range(len(results)):
+            if row in self._no_fallback:
+                continue
             tries = [(temperature, results[row])]
             for fallback in FALLBACK_TEMPERATURES:
                 if not self._repeats(tries[-1][1]):
@@ -801,7 +806,8 @@ class WhisperEngine:
             else:
                 groups.append((index, 1, row.carry))
         timed = _PerJobWordTiming(model, groups)
-        decoder = _Decoder(model.model, tokenizer, options)
+        packed = frozenset(index for index, row in enumerate(rows) if row.spans is not None)
+        decoder = _Decoder(model.model, tokenizer, options, no_fallback=packed)
         timed.model = decoder  # what `forward` generates with
         outputs = self._pipeline_class(timed).forward(features, tokenizer, [row.meta for row in rows], options)
         for segments, temperature in zip(outputs, decoder.temperatures):

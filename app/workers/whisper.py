@@ -174,19 +174,14 @@ def _extent(segment: dict, tokenizer: Any) -> tuple[float, float]:
 
 
 def _parts(segment: dict, spans: Sequence[Span], tokenizer: Any) -> list[tuple[int, list[dict]]]:
-    """Which span each word of a packed window's segment goes to, as ``(span, words)`` parts.
-
-    Whisper ends a segment at the silence between two pieces, so a segment that does not
-    run over a whole gap belongs, with all its words, to the span it overlaps most (a word
-    that alignment timed a little into the gap stays with its sentence). A segment that
-    runs over a gap is cut by its words' middles, nearest span."""
+    """Which span each word of a packed window's segment goes to, as ``(span, words)`` parts:
+    the span nearest the word's middle as alignment timed it (a word in a gap goes to the
+    nearer side). Whisper's own segment timestamps are not trusted for this: it may end a
+    segment before a gap and still write the first words after it into that segment
+    ("Neither did I. I thought," where "I thought," is the next piece's audio), and those
+    words must go to the request whose audio holds them. A segment without words goes
+    where its middle is."""
     words = segment.get("words") or []
-    start, end = _extent(segment, tokenizer)
-    crosses = any(start < left.end and end > right.start for left, right in itertools.pairwise(spans))
-    if not crosses:
-        overlaps = [min(end, span.end) - max(start, span.start) for span in spans]
-        best = max(range(len(spans)), key=overlaps.__getitem__)
-        return [(best if overlaps[best] > 0 else _owner((start + end) / 2, spans), words)]
     parts: list[tuple[int, list[dict]]] = []
     for word in words:
         owner = _owner((word["start"] + word["end"]) / 2, spans)
@@ -194,7 +189,10 @@ def _parts(segment: dict, spans: Sequence[Span], tokenizer: Any) -> list[tuple[i
             parts[-1][1].append(word)
         else:
             parts.append((owner, [word]))
-    return parts or [(_owner((start + end) / 2, spans), [])]
+    if parts:
+        return parts
+    start, end = _extent(segment, tokenizer)
+    return [(_owner((start + end) / 2, spans), [])]
 
 
 def split_packed(segments: list[dict], spans: Sequence[Span], tokenizer: Any) -> list[list[dict]]:

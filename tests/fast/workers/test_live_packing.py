@@ -88,6 +88,16 @@ def test_a_segment_that_runs_over_a_gap_is_cut_there() -> None:
         assert all(part["start"] <= w["start"] <= w["end"] <= part["end"] for w in part["words"])
 
 
+def test_a_word_aligned_in_the_next_piece_goes_to_that_piece_whatever_the_segment_says() -> None:
+    """Whisper may close a segment before a gap (its timestamp tokens) and still write the
+    next piece's first words into it: those words belong to the other request's audio."""
+    leaky = segment([(" neither", 3.0, 3.5), (" did", 3.6, 4.0), (" I", 4.1, 4.4), (" thought", 6.1, 6.5)], end=4.9)
+    first, second, _ = split_packed([leaky], SPANS, Tokenizer())
+    assert [w["word"] for s in first for w in s["words"]] == [" neither", " did", " I"]
+    assert [w["word"] for s in second for w in s["words"]] == [" thought"]
+    assert [s["text"] for s in first + second] == [" neither did I", " thought"]
+
+
 def test_no_word_crosses_a_boundary_and_each_piece_keeps_only_its_own_time() -> None:
     rng = np.random.default_rng(0)
     words = []

@@ -58,8 +58,10 @@ class ScheduledEngine(Engine, Protocol):
 
     scheduler: Scheduler
 
-    def prepare(self, request: Any) -> Job:
-        """Decode and cut one request into a `Job` of pieces (not yet submitted)."""
+    def prepare(self, request: Any) -> Job | msgspec.Struct:
+        """Decode and cut one request into a `Job` of pieces (not yet submitted), or answer a
+        cheap request at once with its reply struct (Whisper's speech probabilities).
+        Requests with ``priority="live"`` are prepared first, on a thread of their own."""
         ...
 
 

@@ -102,7 +102,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     whisper_auto_fetch: str | None = None  # None: large-v3-turbo on CUDA, nothing on the CPU
     whisper_beam_size: int = 5
     whisper_batch_size: int | None = None
-    whisper_live_packing: Literal["auto", "on", "off"] = "auto"
+    whisper_live_packing: Literal["on", "off"] = "off"
     whisper_replicas: int = 1
     diarization_replicas: int = 1
     cuda_devices: tuple[int, ...] = ()
@@ -138,15 +138,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.whisper_batch_size is not None:
             return self.whisper_batch_size
         return DEFAULT_WHISPER_BATCH[device]
-
-    def whisper_packs_live(self, device: str) -> bool:
-        """Whether short live pieces of several requests share one 30-s Whisper window:
-        ``REFLECTOR_GPU_WHISPER_LIVE_PACKING`` (on/off), else on the CPU only, where the
-        encoder pass a window saves is most of a live chunk's cost; on CUDA a batch of
-        separate windows decodes with fewer sequential steps (README, "Live capacity")."""
-        if self.whisper_live_packing != "auto":
-            return self.whisper_live_packing == "on"
-        return device == "cpu"
 
     @property
     def run_dir(self) -> Path:
@@ -368,7 +359,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     take("REFLECTOR_GPU_WHISPER_AUTO_FETCH", "whisper_auto_fetch", lambda v: "none" if v.lower() in ("none", "off") else v)
     take("REFLECTOR_GPU_WHISPER_BEAM_SIZE", "whisper_beam_size", _int(1))
     take("REFLECTOR_GPU_WHISPER_BATCH_SIZE", "whisper_batch_size", _int(1))
-    take("REFLECTOR_GPU_WHISPER_LIVE_PACKING", "whisper_live_packing", _choice("auto", "on", "off"))
+    take("REFLECTOR_GPU_WHISPER_LIVE_PACKING", "whisper_live_packing", _choice("on", "off"))
     take("REFLECTOR_GPU_WHISPER_REPLICAS", "whisper_replicas", _int(1))
     take("REFLECTOR_GPU_DIARIZATION_REPLICAS", "diarization_replicas", _int(1))
     take("REFLECTOR_GPU_CUDA_DEVICES", "cuda_devices", _device_list)

@@ -20,7 +20,7 @@ chunk answers 200 and the 95th percentile of latency is at most 3 s. Prints, in 
 
 ``--compare PATH`` also starts the service of another checkout (e.g. a worktree of the
 base branch), ``--variant NAME:VAR=VALUE`` this checkout with other settings (e.g.
-``batched:REFLECTOR_GPU_WHISPER_LIVE_PACKING=off``), and every step runs on each of them
+``packed:REFLECTOR_GPU_WHISPER_LIVE_PACKING=on``), and every step runs on each of them
 right before this one, so all are measured in the same minute; figures print side by side. The machine's other load distorts timings: the
 load average is printed with every step.
 
@@ -293,7 +293,7 @@ def main() -> None:
                         help="another checkout to measure in the same run (repeatable)")
     parser.add_argument("--all-rungs", action="store_true", help="climb every rung, past a failure")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
-                        help="also this checkout with these settings, e.g. batched:REFLECTOR_GPU_WHISPER_LIVE_PACKING=off")
+                        help="also this checkout with these settings, e.g. packed:REFLECTOR_GPU_WHISPER_LIVE_PACKING=on")
     args = parser.parse_args()
     rungs = [int(n) for n in args.ladder.split(",")]
     sample = pyannote_sample_dir() / "sample.wav"

@@ -173,26 +173,40 @@ def _extent(segment: dict, tokenizer: Any) -> tuple[float, float]:
     return start, end
 
 
+def _inside(time: float, spans: Sequence[Span]) -> int | None:
+    """The span whose audio holds `time` (s in the window), or None in a gap."""
+    return next((index for index, span in enumerate(spans) if span.start <= time <= span.end), None)
+
+
 def _parts(segment: dict, spans: Sequence[Span], tokenizer: Any) -> list[tuple[int, list[dict]]]:
-    """Which span each word of a packed window's segment goes to, as ``(span, words)`` parts:
-    the span nearest the word's middle as alignment timed it (a word in a gap goes to the
-    nearer side). Whisper's own segment timestamps are not trusted for this: it may end a
-    segment before a gap and still write the first words after it into that segment
-    ("Neither did I. I thought," where "I thought," is the next piece's audio), and those
-    words must go to the request whose audio holds them. A segment without words goes
-    where its middle is."""
+    """Which span each word of a packed window's segment goes to, as ``(span, words)`` parts.
+
+    Two timings disagree at the edges and each is wrong somewhere. Whisper's own timestamp
+    tokens place a segment well, but it may close a segment before a gap and still write
+    the next piece's first words into it ("Neither did I. I thought,", "I thought," being
+    the next piece's audio). Word alignment places such words inside the other piece's
+    audio, but tiny models often time a piece's last word into the gap, even past its
+    middle ("eleven" of the first piece at 0.65 s into a 1-s gap). So: a word whose aligned
+    middle lies inside a piece's audio goes to that piece; a word timed into a gap goes
+    with its segment, to the piece the segment's timestamps overlap most (or, when the
+    segment runs over a whole gap, to the nearest piece)."""
     words = segment.get("words") or []
+    start, end = _extent(segment, tokenizer)
+    crosses = any(start < left.end and end > right.start for left, right in itertools.pairwise(spans))
+    overlaps = [min(end, span.end) - max(start, span.start) for span in spans]
+    best = max(range(len(spans)), key=overlaps.__getitem__)
+    home = best if overlaps[best] > 0 else _owner((start + end) / 2, spans)
     parts: list[tuple[int, list[dict]]] = []
     for word in words:
-        owner = _owner((word["start"] + word["end"]) / 2, spans)
+        middle = (word["start"] + word["end"]) / 2
+        owner = _inside(middle, spans)
+        if owner is None:
+            owner = _owner(middle, spans) if crosses else home
         if parts and parts[-1][0] == owner:
             parts[-1][1].append(word)
         else:
             parts.append((owner, [word]))
-    if parts:
-        return parts
-    start, end = _extent(segment, tokenizer)
-    return [(_owner((start + end) / 2, spans), [])]
+    return parts or [(home, [])]
 
 
 def split_packed(segments: list[dict], spans: Sequence[Span], tokenizer: Any) -> list[list[dict]]:
@@ -477,7 +491,9 @@ class WhisperEngine:
         self.models = [self._load(name) for name in choice.serve]  # replaced whole by a switch
         self._pipeline_class = BatchedInferencePipeline
         self._cache_lock = threading.Lock()
-        self.live_packing = settings.whisper_packs_live(self.layout)
+        # Packing is off unless asked for: it costs accuracy (+0.015-0.019 WER on live chunks)
+        # and a word Whisper repeats across a gap can reach another request (docs/scheduling.md).
+        self.live_packing = settings.whisper_live_packing == "on"
         batch = settings.whisper_batch(self.layout)
         self.scheduler = Scheduler(
             lambda pieces: self._run_batch(pieces, live=False),

@@ -88,6 +88,15 @@ def test_a_segment_that_runs_over_a_gap_is_cut_there() -> None:
         assert all(part["start"] <= w["start"] <= w["end"] <= part["end"] for w in part["words"])
 
 
+def test_a_last_word_timed_into_a_gap_stays_with_its_segment() -> None:
+    """tiny.en timed the first piece's last word (espeak-ng's "eleven") 0.65 s into a 1-s
+    gap, past its middle; its segment's timestamps end inside the first piece."""
+    numbers = segment([(" seven,", 0.0, 0.52), (" 300,", 3.76, 3.76), (" 11,", 5.65, 5.65)], end=4.68)
+    first, second, _ = split_packed([numbers], SPANS, Tokenizer())
+    assert [w["word"] for s in first for w in s["words"]] == [" seven,", " 300,", " 11,"]
+    assert second == []
+
+
 def test_a_word_aligned_in_the_next_piece_goes_to_that_piece_whatever_the_segment_says() -> None:
     """Whisper may close a segment before a gap (its timestamp tokens) and still write the
     next piece's first words into it: those words belong to the other request's audio."""

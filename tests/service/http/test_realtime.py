@@ -2,8 +2,9 @@
 realtime client, over real TLS (the pure turn and partial-text logic: tests/fast/http/test_realtime_logic.py).
 
 Audio is the pyannote sample (real speech) resampled to the Realtime API's 24-kHz PCM16
-and streamed in 20-ms frames, faster than real time where only the audio positions
-matter (turn detection works on audio time, not on the wall clock).
+and streamed in 20-ms frames: at real-time pace where the stream is what is tested (the
+sample against the upload route), faster where only the audio positions matter (turn
+detection works on audio time, not on the wall clock).
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ def test_stream_at_real_time_pace_matches_the_upload(service: Service, sample_pc
     async def scenario() -> Session:
         async with open_session(service) as session:
             await session.update(turn_detection={"type": "server_vad"})
-            await session.append(sample_pcm, speed=2.0)
-            await session.append(silence(1.5), speed=2.0)
+            await session.append(sample_pcm, speed=1.0)  # real-time pace: 30 s
+            await session.append(silence(1.5), speed=1.0)
             await session.wait_until(
                 lambda: any(e.audio_end_ms > 30000 for e in session.of("input_audio_buffer.speech_stopped"))
             )

@@ -149,7 +149,10 @@ def test_packed_live_chunks_hand_each_request_only_its_own_words(tmp_path: Path,
     from app.workers.messages import TranscribeRequest
     from app.workers.whisper import WhisperEngine
 
-    settings = settings_module.load({"REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models"), "REFLECTOR_GPU_DEVICE": "cpu"})
+    settings = settings_module.load({
+        "REFLECTOR_GPU_MODELS_DIR": str(ROOT / "models"), "REFLECTOR_GPU_DEVICE": "cpu",
+        "REFLECTOR_GPU_WHISPER_LIVE_PACKING": "on",
+    })
     engine = WhisperEngine(settings)
     assert engine.live_packing
     rows: list = []

@@ -222,6 +222,8 @@ def split_packed(segments: list[dict], spans: Sequence[Span], tokenizer: Any) ->
     segment dicts per span, timed on the piece's own speech timeline (``offset + t -
     start``), as `BatchedInferencePipeline.forward` times a piece decoded alone.
     """
+    from faster_whisper.transcribe import get_compression_ratio
+
     outputs: list[list[dict]] = [[] for _ in spans]
     for segment in segments:
         parts = _parts(segment, spans, tokenizer)
@@ -243,17 +245,9 @@ def split_packed(segments: list[dict], spans: Sequence[Span], tokenizer: Any) ->
                 "start": words[0]["start"] if words else moved(segment["start"]),
                 "end": words[-1]["end"] if words else moved(segment["end"]),
                 "seek": round(span.offset * FRAMES_PER_SECOND),
-                "compression_ratio": _compression_ratio(text) if len(parts) > 1 else segment["compression_ratio"],
+                "compression_ratio": get_compression_ratio(text) if len(parts) > 1 else segment["compression_ratio"],
             })
     return outputs
-
-
-def _compression_ratio(text: str) -> float:
-    """Whisper's compression ratio of `text` (bytes / zlib-compressed bytes)."""
-    import zlib
-
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 @dataclass(eq=False)

@@ -34,10 +34,16 @@ from litestar.testing import TestClient
 
 from app.settings import Settings
 from app.supervision.rundir import socket_path
+from app.workers.messages import Segment, Turn, Word
 from app.workers.protocol import Pong
 from app.workers.server import WorkerServer
 
 API_KEY = "stub-key-0123456789"
+# What stub Whisper and diarizer engines answer for any file: 2.5 s of audio, three words
+# in one segment, two speakers.
+WORDS = [Word(" Hello", 0.0, 0.4), Word(" there.", 0.4, 1.0), Word(" Hi.", 1.5, 2.0)]
+SEGMENTS = [Segment(0, 0.0, 2.0, " Hello there. Hi.", [1, 2, 3], 0.0, -0.3, 1.2, 0.02)]
+TURNS = [Turn(0.0, 1.2, 0), Turn(1.3, 2.2, 1)]
 Handler = Callable[[Any, threading.Event], msgspec.Struct]
 
 

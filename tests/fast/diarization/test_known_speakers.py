@@ -1,10 +1,10 @@
 """Known speakers by name (issue 22): OpenAI's known_speaker_names[] / known_speaker_references[].
 
-Fast tier: the assignment of references to speakers on made-up embeddings; the HTTP side
-in-process with stub workers (validation, what reaches the diarizer, the answer shapes,
-Reflector's answers byte for byte, the result store's key, nothing kept or logged).
-Slow tier: the diarizer engine with the real models on pyannote's sample. The OpenAI SDK
-over real HTTPS is in tests/service/http/test_openai_api.py.
+The assignment of references to speakers on made-up embeddings; the HTTP side in-process
+with stub workers (validation, what reaches the diarizer, the answer shapes, Reflector's
+answers byte for byte, the result store's key, nothing kept or logged). The diarizer with
+the real models: tests/service/diarization/test_known_speakers.py; the OpenAI SDK over
+real HTTPS: tests/service/http/test_openai_api.py.
 """
 
 from __future__ import annotations
@@ -17,24 +17,13 @@ import numpy as np
 import pytest
 
 from app.diarization.known import MAX_REFERENCE_BYTES, match_speakers
-from app.workers.messages import (
-    Diarization,
-    DiarizeRequest,
-    Segment,
-    TranscribeRequest,
-    Transcript,
-    Turn,
-    Word,
-)
+from app.workers.messages import Diarization, DiarizeRequest, TranscribeRequest, Transcript
 from testing.speaker_references import data_url
-from testing.stub_workers import StubEngine, leftovers, make_settings, open_client
+from testing.stub_workers import SEGMENTS, TURNS, WORDS, StubEngine, leftovers, make_settings, open_client
 
 pytest_plugins = ["testing.stub_workers"]
 
 ALICE, BOB = b"RIFF-alice-voice", b"RIFF-bob-voice"
-WORDS = [Word(" Hello", 0.0, 0.4), Word(" there.", 0.4, 1.0), Word(" Hi.", 1.5, 2.0)]
-SEGMENTS = [Segment(0, 0.0, 2.0, " Hello there. Hi.", [1, 2, 3], 0.0, -0.3, 1.2, 0.02)]
-TURNS = [Turn(0.0, 1.2, 0), Turn(1.3, 2.2, 1)]
 
 
 def unit(*rows: list[float]) -> np.ndarray:

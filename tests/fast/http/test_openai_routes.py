@@ -7,22 +7,11 @@ from __future__ import annotations
 
 import threading
 
-from app.workers.messages import (
-    Diarization,
-    DiarizeRequest,
-    Segment,
-    TranscribeRequest,
-    Transcript,
-    Turn,
-    Word,
-)
-from testing.stub_workers import StubEngine
+from app.workers.messages import Diarization, DiarizeRequest, TranscribeRequest, Transcript
+from testing.stub_workers import SEGMENTS, TURNS, WORDS, StubEngine
 
 pytest_plugins = ["testing.stub_workers"]
 
-WORDS = [Word(" Hello", 0.0, 0.4), Word(" there.", 0.4, 1.0), Word(" Hi.", 1.5, 2.0)]
-SEGMENTS = [Segment(0, 0.0, 2.0, " Hello there. Hi.", [1, 2, 3], 0.0, -0.3, 1.2, 0.02)]
-TURNS = [Turn(0.0, 1.2, 0), Turn(1.3, 2.2, 1)]
 
 
 def transcript_of(request: TranscribeRequest, cancel: threading.Event) -> Transcript:

@@ -1,10 +1,7 @@
-"""Known speakers by name (issue 22): OpenAI's known_speaker_names[] / known_speaker_references[].
-
-Fast tier: the assignment of references to speakers on made-up embeddings; the HTTP side
-in-process with stub workers (validation, what reaches the diarizer, the answer shapes,
-Reflector's answers byte for byte, the result store's key, nothing kept or logged).
-Slow tier: the diarizer engine with the real models on pyannote's sample. The OpenAI SDK
-over real HTTPS is in tests/service/http/test_openai_api.py.
+"""Known speakers by name (issue 22): the diarizer engine with the real models on pyannote's
+sample: each voice named by a reference cut from the sample, an absent voice (espeak-ng)
+named by none, bad references refused. The assignment and the HTTP side with stub workers: tests/fast/diarization/test_known_speakers.py;
+the OpenAI SDK over real HTTPS: tests/service/http/test_openai_api.py.
 """
 
 from __future__ import annotations

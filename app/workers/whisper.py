@@ -627,16 +627,20 @@ class WhisperEngine:
         if isinstance(request, SpeechProbabilitiesRequest):
             return self.speech_probabilities(request)  # type: ignore[return-value]
         self.check(request)  # before decoding: a language the model lacks costs no decode
-        return self.prepare_samples(request, self._decode(request))
+        return self._cut(request, self._decode(request))
 
     def prepare_samples(self, request: TranscribeRequest, audio: Any) -> Job:
         """`prepare` for audio already decoded: `audio`, float32 mono samples at 16 kHz
         (`request.path` is not read). scripts/device_check.py feeds PCM this way on machines
         without PyAV."""
+        self.check(request)
+        return self._cut(request, audio)
+
+    def _cut(self, request: TranscribeRequest, audio: Any) -> Job:
+        """`prepare` after the request's check and decoding: pad, VAD-cut, detect the language."""
         import numpy as np
         from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
-        self.check(request)
         duration = audio.shape[0] / SAMPLE_RATE
         if audio.shape[0] < MIN_CLIP_SECONDS * SAMPLE_RATE:
             audio = np.pad(audio, (0, int(MIN_CLIP_SECONDS * SAMPLE_RATE) - audio.shape[0]))

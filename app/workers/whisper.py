@@ -561,8 +561,10 @@ class WhisperEngine:
             log.exception("whisper serves %s instead of %s", self.model_name, name)
             return
         previous = self.model_name
-        self.models = [loaded]
+        # `describe` runs on another thread: clear the download first, so that no Pong
+        # shows the new model still "downloading" (it may show the old models ready).
         self.fetching = None
+        self.models = [loaded]
         log.info("whisper now serves %s (was %s)", name, previous)
 
     @property

@@ -102,7 +102,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     whisper_auto_fetch: str | None = None  # None: large-v3-turbo on CUDA, nothing on the CPU
     whisper_beam_size: int = 5
     whisper_batch_size: int | None = None
-    whisper_live_packing: Literal["on", "off"] = "off"
+    whisper_live_packing: Literal["on", "off"] = "on"
     whisper_replicas: int = 1
     diarization_replicas: int = 1
     cuda_devices: tuple[int, ...] = ()

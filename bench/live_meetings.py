@@ -12,15 +12,16 @@ chunk answers 200 and the 95th percentile of latency is at most 3 s. Prints, in 
    that held;
 2. the WER of live chunks: 16 tilings of the sample into chunks (cut at different offsets,
    each tiling covering the whole sample, so the sample's reference text scores it),
-   decoded in-process by this checkout's engine alone, batched 5 at a time (separate
-   windows) and packed 5 to a window, 5 chunks of different speech at a time; mean and
+   decoded in-process by this checkout's engine alone, batched 4 at a time (separate
+   windows) and packed 4 to a window (`PIECES_PER_WINDOW`: one encoder pass, a decoder
+   row each), 4 chunks of different speech at a time; mean and
    median over tilings, and the difference to alone;
 3. while a `--recording-minutes` (10) recording is transcribed from a URL at the same time
    as each step: the same ladder, and the recording's time against its time alone.
 
 ``--compare PATH`` also starts the service of another checkout (e.g. a worktree of the
 base branch), ``--variant NAME:VAR=VALUE`` this checkout with other settings (e.g.
-``packed:REFLECTOR_GPU_WHISPER_LIVE_PACKING=on``), and every step runs on each of them
+``batched:REFLECTOR_GPU_WHISPER_LIVE_PACKING=off``), and every step runs on each of them
 right before this one, so all are measured in the same minute; figures print side by side. The machine's other load distorts timings: the
 load average is printed with every step.
 
@@ -247,7 +248,7 @@ def tilings(audio: np.ndarray) -> list[list[np.ndarray]]:
 def live_wer(audio: np.ndarray, work: Path, together: int) -> dict[str, list[float]]:
     """Per tiling, the WER of its chunks' joined transcripts, decoded by this checkout's
     engine in-process three ways: each chunk alone, `together` chunks of different tilings
-    in one batch of separate windows (batched), and the same in one window (packed). The
+    in one batch of separate windows (batched), and the same sharing windows (packed). The
     chunks decoded together hold different speech (tiling t gives its chunk (k + t) mod K
     in round k), as different meetings' chunks do."""
     from app import settings as settings_module
@@ -293,7 +294,7 @@ def main() -> None:
                         help="another checkout to measure in the same run (repeatable)")
     parser.add_argument("--all-rungs", action="store_true", help="climb every rung, past a failure")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
-                        help="also this checkout with these settings, e.g. packed:REFLECTOR_GPU_WHISPER_LIVE_PACKING=on")
+                        help="also this checkout with these settings, e.g. batched:REFLECTOR_GPU_WHISPER_LIVE_PACKING=off")
     args = parser.parse_args()
     rungs = [int(n) for n in args.ladder.split(",")]
     sample = pyannote_sample_dir() / "sample.wav"

@@ -16,7 +16,6 @@ request's last piece is done, its words are mapped back to its own timeline, exa
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
 import threading
@@ -64,11 +63,14 @@ TRANSLATE_NO_REPEAT_NGRAM = 4
 # faster-whisper's temperature fallback (`generate_with_fallback`), after 0: a piece decoded
 # at temperature 0 whose text repeats itself is sampled again at each in turn.
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
-# Packing live pieces: silence between two requests' audio in one window (enough for Whisper
-# to end a segment; measured in bench/live_meetings.py), and the longest piece worth packing.
-PACK_GAP_SECONDS = 1.0
+# Sharing an encoder pass among live pieces (`batch_rows`): silence between two requests'
+# audio in one window, and the longest piece worth sharing. Whisper's encoder attends across
+# the whole window, so each piece's encoding carries some of its neighbours': with 1 s
+# between pieces that cost +0.02-0.03 WER on live chunks, with 3 s +0.006 (measured in
+# bench/live_meetings.py, part 2).
+PACK_GAP_SECONDS = 3.0
 PACK_MAX_PIECE_SECONDS = 10.0
-PIECES_PER_WINDOW = 5  # Reflector's 5.12-s chunks a window holds: 5 x 5.12 + 4 gaps < 30 s
+PIECES_PER_WINDOW = 4  # Reflector's 5.12-s chunks a window holds: 4 x 5.12 + 3 gaps of 3 s < 30 s
 
 
 def recording_lanes(device: str) -> int:
@@ -118,14 +120,14 @@ class _Timeline:
 
 
 class _Carry:
-    """The word-timing state of a packed window (no request's state carries into it)."""
+    """The word-timing state of a row decoded from a shared window (nothing carries into it)."""
 
     last_speech_timestamp = 0.0
 
 
 @dataclass(frozen=True)
 class Span:
-    """Where one packed piece lies in its window: `start` to `end` (s from the window's
+    """Where one piece lies in a shared window: `start` to `end` (s from the window's
     start), and the piece's own `offset` (s, its place on its request's speech timeline)."""
 
     start: float
@@ -150,123 +152,71 @@ def plan_windows(durations: Sequence[float], window: float = PIECE_SECONDS, gap:
     return windows
 
 
-def _owner(time: float, spans: Sequence[Span]) -> int:
-    """The span a time (s in the window) belongs to: the nearest one (gaps split in the middle)."""
-    for index in range(len(spans) - 1):
-        if time < (spans[index].end + spans[index + 1].start) / 2:
-            return index
-    return len(spans) - 1
-
-
 TIME_PRECISION = 0.02  # s per Whisper timestamp token
+ENCODER_FRAMES_PER_SECOND = 50  # Whisper's encoder output: 1500 frames per 30-s window
+# Encoder output a shared row's decoder sees beyond its own piece on each side (s), so a
+# word's edge is never cut; more of the window's silence made it worse (0.5 s: +0.04 WER).
+PACK_MARGIN_SECONDS = 0.25
 
 
-def _extent(segment: dict, tokenizer: Any) -> tuple[float, float]:
-    """Where Whisper put a segment (s in the window): its own timestamp tokens, which it
-    predicts from the audio, else the segment's (word-adjusted) start and end."""
-    tokens, begin = segment["tokens"], tokenizer.timestamp_begin
-    start, end = segment["start"], segment["end"]
-    if tokens and tokens[0] >= begin:
-        start = (tokens[0] - begin) * TIME_PRECISION
-    if tokens and tokens[-1] >= begin:
-        end = (tokens[-1] - begin) * TIME_PRECISION
-    return start, end
+def encoder_frames(span: Span, margin: float = PACK_MARGIN_SECONDS, frames: int = 1500) -> tuple[int, int]:
+    """The encoder frames ``[first, stop)`` a shared row keeps of its window: its span,
+    widened by `margin` s each side, at `ENCODER_FRAMES_PER_SECOND`, within `frames`."""
+    first = max(0, math.floor((span.start - margin) * ENCODER_FRAMES_PER_SECOND))
+    return first, min(frames, math.ceil((span.end + margin) * ENCODER_FRAMES_PER_SECOND))
 
 
-def _inside(time: float, spans: Sequence[Span]) -> int | None:
-    """The span whose audio holds `time` (s in the window), or None in a gap."""
-    return next((index for index, span in enumerate(spans) if span.start <= time <= span.end), None)
+def start_token(span: Span, tokenizer: Any) -> int:
+    """The timestamp token (faster-whisper's tokenizer: ``timestamp_begin`` + 0.02-s steps)
+    that starts a shared row's decoding at its piece, rounded down to the token before it."""
+    return tokenizer.timestamp_begin + math.floor(span.start / TIME_PRECISION)
 
 
-def _parts(segment: dict, spans: Sequence[Span], tokenizer: Any) -> list[tuple[int, list[dict]]]:
-    """Which span each word of a packed window's segment goes to, as ``(span, words)`` parts.
+def from_window(segments: list[dict], span: Span) -> list[dict]:
+    """Segments decoded from a shared window (times in s from the window's start), moved
+    onto the piece's own speech timeline (``offset + t - start``), every time clipped to the
+    piece's span first, so that they line up with a piece decoded alone
+    (`BatchedInferencePipeline.forward`'s ``seek`` included)."""
 
-    Two timings disagree at the edges and each is wrong somewhere. Whisper's own timestamp
-    tokens place a segment well, but it may close a segment before a gap and still write
-    the next piece's first words into it ("Neither did I. I thought,", "I thought," being
-    the next piece's audio). Word alignment places such words inside the other piece's
-    audio, but tiny models often time a piece's last word into the gap, even past its
-    middle ("eleven" of the first piece at 0.65 s into a 1-s gap). So: a word whose aligned
-    middle lies inside a piece's audio goes to that piece; a word timed into a gap goes
-    with its segment, to the piece the segment's timestamps overlap most (or, when the
-    segment runs over a whole gap, to the nearest piece)."""
-    words = segment.get("words") or []
-    start, end = _extent(segment, tokenizer)
-    crosses = any(start < left.end and end > right.start for left, right in itertools.pairwise(spans))
-    overlaps = [min(end, span.end) - max(start, span.start) for span in spans]
-    best = max(range(len(spans)), key=overlaps.__getitem__)
-    home = best if overlaps[best] > 0 else _owner((start + end) / 2, spans)
-    parts: list[tuple[int, list[dict]]] = []
-    for word in words:
-        middle = (word["start"] + word["end"]) / 2
-        owner = _inside(middle, spans)
-        if owner is None:
-            owner = _owner(middle, spans) if crosses else home
-        if parts and parts[-1][0] == owner:
-            parts[-1][1].append(word)
-        else:
-            parts.append((owner, [word]))
-    return parts or [(home, [])]
+    def moved(time: float) -> float:
+        return round(span.offset + min(max(time, span.start), span.end) - span.start, 3)
 
-
-def split_packed(segments: list[dict], spans: Sequence[Span], tokenizer: Any) -> list[list[dict]]:
-    """Hand the segments decoded from one packed window back to its pieces.
-
-    `segments`: faster-whisper's segment dicts for the window (times in s from the window's
-    start, ``tokens`` with Whisper's timestamp tokens, ``words`` with
-    ``word``/``start``/``end``/``probability``); `spans`: where each piece lies, in window
-    order; `tokenizer`: faster-whisper's (``encode``, ``timestamp_begin``). Words go to
-    pieces as `_parts` says and their times are clipped to their piece's span, so a word
-    never crosses a boundary and a piece only gets words timed inside its own audio. A
-    segment cut in parts gets its text and tokens from its words. Returns one list of
-    segment dicts per span, timed on the piece's own speech timeline (``offset + t -
-    start``), as `BatchedInferencePipeline.forward` times a piece decoded alone.
-    """
-    from faster_whisper.transcribe import get_compression_ratio
-
-    outputs: list[list[dict]] = [[] for _ in spans]
-    for segment in segments:
-        parts = _parts(segment, spans, tokenizer)
-        for owner, words in parts:
-            span = spans[owner]
-
-            def moved(time: float, span: Span = span) -> float:
-                return round(span.offset + min(max(time, span.start), span.end) - span.start, 3)
-
-            words = [dict(word, start=moved(word["start"]), end=moved(word["end"])) for word in words]
-            if len(parts) == 1:
-                text = segment["text"]
-                tokens = [token for token in segment["tokens"] if token < tokenizer.timestamp_begin]
-            else:
-                text = "".join(word["word"] for word in words)
-                tokens = tokenizer.encode(text)
-            outputs[owner].append({
-                **segment, "text": text, "tokens": tokens, "words": words,
-                "start": words[0]["start"] if words else moved(segment["start"]),
-                "end": words[-1]["end"] if words else moved(segment["end"]),
-                "seek": round(span.offset * FRAMES_PER_SECOND),
-                "compression_ratio": get_compression_ratio(text) if len(parts) > 1 else segment["compression_ratio"],
-            })
-    return outputs
+    return [
+        {
+            **segment,
+            "start": moved(segment["start"]),
+            "end": moved(segment["end"]),
+            "words": [dict(word, start=moved(word["start"]), end=moved(word["end"])) for word in segment.get("words") or ()],
+            "seek": round(span.offset * FRAMES_PER_SECOND),
+        }
+        for segment in segments
+    ]
 
 
 @dataclass(eq=False)
 class _Row:
-    """One row of a batch: the audio (16 kHz float32) Whisper sees as one window, the chunk
-    metadata `forward` takes for it, the pieces it holds, their spans when packed (None: one
-    piece decoded alone), and whose word-timing state it carries."""
+    """One row of a batch: one piece, the audio (16 kHz float32) its encoder pass sees as
+    one window, the chunk metadata `forward` takes for it, the piece's `span` when the
+    window is shared with other pieces (None: the window is the piece's own), and whose
+    word-timing state it carries. Rows of one shared window hold the same `audio` object."""
 
     audio: Any
     meta: dict
-    pieces: list[Piece]
-    spans: list[Span] | None
+    piece: Piece
+    span: Span | None
     carry: Any
+
+    @property
+    def seconds(self) -> float:
+        """The piece's audio (s)."""
+        return self.span.end - self.span.start if self.span else self.meta["duration"]
 
 
 def batch_rows(pieces: Sequence[Piece], pack: Callable[[Piece], bool], gap: float = PACK_GAP_SECONDS) -> list[_Row]:
-    """The rows of a batch: each piece alone, except that consecutive pieces for which
-    `pack(piece)` holds are packed into windows (`plan_windows`), `gap` s of silence
-    between them. Piece data: ``(audio, chunk metadata)`` as `WhisperEngine.prepare` makes."""
+    """The rows of a batch, one per piece, in order: each piece in a window of its own,
+    except that consecutive pieces for which `pack(piece)` holds share windows
+    (`plan_windows`, `gap` s of silence between them). Piece data: ``(audio, chunk
+    metadata)`` as `WhisperEngine.prepare` makes."""
     import numpy as np
 
     rows: list[_Row] = []
@@ -287,8 +237,9 @@ def batch_rows(pieces: Sequence[Piece], pack: Callable[[Piece], bool], gap: floa
                 parts.append(audio)
                 spans.append(Span(at, at + len(audio) / SAMPLE_RATE, meta["offset"]))
                 at += len(audio) / SAMPLE_RATE
+            window = np.concatenate(parts)
             meta = {"offset": 0.0, "duration": at, "segments": []}
-            rows.append(_Row(np.concatenate(parts), meta, [run[i] for i in indices], spans, _Carry()))
+            rows.extend(_Row(window, meta, run[index], span, _Carry()) for index, span in zip(indices, spans))
         run.clear()
 
     for piece in pieces:
@@ -308,7 +259,7 @@ def batch_rows(pieces: Sequence[Piece], pack: Callable[[Piece], bool], gap: floa
 # kept it from 300 on). More than this is a repetition loop.
 TOKENS_PER_SECOND = 16
 MAX_TOKENS = 448  # Whisper's decoder length, prompt included
-PROMPT_TOKENS = 230  # room the prompt may take: 223 of its own tokens and the start sequence
+PROMPT_TOKENS = 230  # room the prompt may take: 223 of its own tokens, the start sequence, a shared row's start
 
 
 def _token_budget(rows: Sequence[_Row], options: Any) -> int:
@@ -316,26 +267,27 @@ def _token_budget(rows: Sequence[_Row], options: Any) -> int:
     longest row, within the decoder's length. A repetition loop ("Hello. Hello. ...") in a
     5-s chunk then ends after 98 steps instead of 440, which on a busy live lane is the difference
     between one slow answer and a queue that every meeting waits behind."""
-    longest = max(row.meta["duration"] for row in rows)
+    longest = max(row.seconds for row in rows)
     room = MAX_TOKENS - (PROMPT_TOKENS if options.initial_prompt else 8)
     return max(16, min(room, math.ceil(TOKENS_PER_SECOND * longest) + 16))
 
 
-def _redo(parts: list[list[dict]], options: Any) -> list[int]:
-    """Which pieces of a packed window to decode again alone (indices in window order):
-    those with a segment over Whisper's compression-ratio threshold (a repetition loop),
-    and those that got no word although VAD found speech in each (the decoder skipped
-    them, or a loop used up the tokens before their turn)."""
-    return [
-        index for index, part in enumerate(parts)
-        if not any(segment["words"] for segment in part)
-        or any(segment["compression_ratio"] > options.compression_ratio_threshold for segment in part)
-    ]
+def _failed(segments: list[dict], options: Any) -> bool:
+    """Whether a shared row's decoding (its segment dicts) failed Whisper's own checks, so
+    that its piece is decoded again in a window of its own: no word, although VAD found
+    speech in the piece, or text too repetitive (zlib compression ratio over
+    `compression_ratio_threshold`: a repetition loop, which a neighbour's audio in the
+    encoder's context can set off)."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    text = "".join(segment["text"] for segment in segments).strip()
+    words = any(segment.get("words") for segment in segments)
+    return not words or get_compression_ratio(text) > options.compression_ratio_threshold
 
 
 def _alone(piece: Piece) -> _Row:
     audio, meta = piece.data
-    return _Row(audio, meta, [piece], None, piece.job.context)
+    return _Row(audio, meta, piece, None, piece.job.context)
 
 
 class _PerJobWordTiming:
@@ -345,15 +297,21 @@ class _PerJobWordTiming:
     ``last_speech_timestamp`` from piece to piece, which is right for one file. A batch here
     holds consecutive pieces of several requests, so alignment runs per request, on that
     request's rows of the encoder output, with that request's own carried timestamp.
+    Its `encode` answers with the batch's encoder output, made beforehand
+    (`WhisperEngine._encode`: one pass per window, shared windows seen row by row).
     Everything else is the real model.
     """
 
-    def __init__(self, model: Any, groups: list[tuple[int, int, _Timeline]]) -> None:
+    def __init__(self, model: Any, groups: list[tuple[int, int, _Timeline]], encoder_output: Any) -> None:
         self._model = model
         self._groups = groups  # (first row, row count, timeline), in batch order
+        self._encoder_output = encoder_output
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+    def encode(self, features: Any) -> Any:
+        return self._encoder_output
 
     def add_word_timestamps(self, segments, tokenizer, encoder_output, num_frames, prepend, append, _last):
         for start, count, timeline in self._groups:
@@ -377,29 +335,46 @@ class _Decoder:
     best. At temperature 0, a piece whose text is too repetitive (zlib compression ratio
     above `compression_ratio_threshold`, 2.4: a repetition loop, which ``base`` falls into
     when translating) is sampled again at each of `FALLBACK_TEMPERATURES` until one is not;
-    when none is, the most probable try is kept, as faster-whisper does. Rows listed in
-    `no_fallback` (packed windows: their failed parts are decoded again alone, `_redo`)
-    keep their temperature-0 result.
+    when none is, the most probable try is kept, as faster-whisper does.
+
+    A row of a shared window starts at its own piece: `starts` maps such rows to a
+    timestamp token (`start_token`) that ends their prompt, and that token heads their
+    result, as if Whisper had predicted it (unless Whisper's first token is a timestamp of
+    its own, which then opens the first segment). Such a row keeps its temperature-0
+    result: when it fails, its piece is decoded again in a window of its own (`_failed`),
+    which costs one pass where sampling costs up to five, and leaves out the neighbours'
+    audio that may have set the loop off.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, options: Any, no_fallback: frozenset[int] = frozenset()) -> None:
+    def __init__(self, model: Any, tokenizer: Any, options: Any, starts: dict[int, int] | None = None) -> None:
         self._model = model  # ctranslate2.models.Whisper
         self._tokenizer = tokenizer
         self._options = options
-        self._no_fallback = no_fallback
+        self._starts = starts or {}
         self.temperatures: list[float] = []  # the temperature each row's result was decoded at
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
     def generate(self, encoder_output: Any, prompts: list[list[int]], **kwargs: Any) -> list:
+        prompts = [prompt + [self._starts[row]] if row in self._starts else prompt for row, prompt in enumerate(prompts)]
+        results = self._with_fallback(encoder_output, prompts, kwargs)
+        begin = self._tokenizer.timestamp_begin
+        return [
+            _Started(result, self._starts[row])
+            if row in self._starts and not (result.sequences_ids[0][:1] and result.sequences_ids[0][0] >= begin)
+            else result
+            for row, result in enumerate(results)
+        ]
+
+    def _with_fallback(self, encoder_output: Any, prompts: list[list[int]], kwargs: dict) -> list:
         temperature = kwargs.pop("sampling_temperature")
         results = self._generate(encoder_output, prompts, temperature, kwargs)
         self.temperatures = [temperature] * len(results)
         if temperature > 0:
             return results
         for row in range(len(results)):
-            if row in self._no_fallback:
+            if row in self._starts:
                 continue
             tries = [(temperature, results[row])]
             for fallback in FALLBACK_TEMPERATURES:
@@ -427,17 +402,52 @@ class _Decoder:
         return self._model.generate(encoder_output, prompts, **kwargs)
 
 
-def _rows(storage: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of a CTranslate2 `StorageView` (batch first), on its device."""
-    import ctranslate2
+@dataclass(frozen=True)
+class _Started:
+    """A CTranslate2 generation result with the timestamp token a shared row's prompt ended
+    in put back at the head of its tokens (what faster-whisper reads of a result)."""
+
+    result: Any
+    token: int
+
+    @property
+    def sequences_ids(self) -> list[list[int]]:
+        return [[self.token, *self.result.sequences_ids[0]]]
+
+    @property
+    def scores(self) -> list[float]:
+        return self.result.scores
+
+    @property
+    def no_speech_prob(self) -> float:
+        return self.result.no_speech_prob
+
+
+def _device_array(storage: Any) -> Any:
+    """A CTranslate2 `StorageView` as an array on its device: numpy on the CPU, a torch
+    tensor viewing the device memory on CUDA (no copy to the host)."""
     import numpy as np
 
     if storage.device == "cpu":
-        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(storage)[start:stop]))
-    import torch  # CUDA: view the device memory through torch, no copy to the host
+        return np.asarray(storage)
+    import torch
 
-    tensor = torch.as_tensor(storage, device=f"cuda:{storage.device_index}")
-    return ctranslate2.StorageView.from_array(tensor[start:stop].contiguous())
+    return torch.as_tensor(storage, device=f"cuda:{storage.device_index}")
+
+
+def _storage(array: Any) -> Any:
+    """A CTranslate2 `StorageView` of a numpy array or torch tensor, on its device."""
+    import ctranslate2
+    import numpy as np
+
+    return ctranslate2.StorageView.from_array(
+        np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array.contiguous()
+    )
+
+
+def _rows(storage: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a CTranslate2 `StorageView` (batch first), on its device."""
+    return _storage(_device_array(storage)[start:stop])
 
 
 @dataclass(eq=False)
@@ -485,9 +495,8 @@ class WhisperEngine:
         self.models = [self._load(name) for name in choice.serve]  # replaced whole by a switch
         self._pipeline_class = BatchedInferencePipeline
         self._cache_lock = threading.Lock()
-        # Packing is off unless asked for: it costs accuracy (+0.015-0.019 WER on live chunks)
-        # and a word Whisper repeats across a gap can reach another request (docs/scheduling.md).
-        self.live_packing = settings.whisper_live_packing == "on"
+        self._empty: dict[int, Any] = {}  # id(model): `_empty_encoding`
+        self.live_packing = settings.whisper_live_packing == "on"  # docs/scheduling.md#live-capacity
         batch = settings.whisper_batch(self.layout)
         self.scheduler = Scheduler(
             lambda pieces: self._run_batch(pieces, live=False),
@@ -765,12 +774,12 @@ class WhisperEngine:
         job's model, its `live` copy or its recording one, with faster-whisper's batched
         forward pass; one list of segment dicts per piece.
 
-        With `live_packing`, short live pieces share windows (`batch_rows`): one encoder
-        pass and one beam search for several requests, each word handed back to its own
-        piece by time (`split_packed`). A piece whose part of the window fails Whisper's
-        own check (compression ratio over the threshold: a repetition loop) or got no word
-        is decoded again alone (`_redo`), so one request's audio never costs another
-        request its words. Batches of live pieces decode at most `_token_budget` tokens."""
+        With `live_packing`, short live pieces share windows (`batch_rows`): up to five
+        pieces of different requests go through the encoder as one 30-s window, and each is
+        then decoded in a row of its own that sees only its own part of the encoder output
+        (`_encode`) and starts at its own place (`start_token`), so no request's audio or
+        text reaches another's decoder. Batches of live pieces decode at most
+        `_token_budget` tokens a row."""
         started = time.monotonic()
         loaded: LoadedModel = pieces[0].job.context.model
         model = loaded.live if live else loaded.recording
@@ -779,39 +788,25 @@ class WhisperEngine:
         options = first.options
         if all(piece.job.priority == "live" for piece in pieces):
             options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
-        outputs: dict[int, list[dict]] = {}
-        again: list[Piece] = []
-        for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, options)):
-            if row.spans is None:
-                outputs[id(row.pieces[0])] = segments
-                continue
-            parts = split_packed(segments, row.spans, first.tokenizer)
-            redo = _redo(parts, options)
-            for index, (piece, part) in enumerate(zip(row.pieces, parts)):
-                if index in redo:
-                    again.append(piece)
-                else:
-                    outputs[id(piece)] = part
+        outputs = self._forward(rows, model, first.tokenizer, options)
+        again = [index for index, (row, segments) in enumerate(zip(rows, outputs)) if row.span and _failed(segments, options)]
         if again:
-            log.info("packed windows failed their checks: %d pieces decoded again alone", len(again))
-            rows = [_alone(piece) for piece in again]
-            options = dataclasses.replace(options, max_new_tokens=_token_budget(rows, options))
-            for row, segments in zip(rows, self._forward(rows, model, first.tokenizer, options)):
-                outputs[id(row.pieces[0])] = segments
+            alone = [_alone(rows[index].piece) for index in again]
+            options = dataclasses.replace(options, max_new_tokens=_token_budget(alone, options))
+            for index, segments in zip(again, self._forward(alone, model, first.tokenizer, options)):
+                rows[index], outputs[index] = alone[again.index(index)], segments
         log.debug(
-            "batch on %s: %d pieces in %d rows, %d decoded again, %.2f s",
-            threading.current_thread().name, len(pieces), len(rows), len(again), time.monotonic() - started,
+            "batch on %s: %d pieces, %d windows, %d decoded again alone, %.2f s",
+            threading.current_thread().name, len(pieces), len({id(row.audio) for row in rows}), len(again),
+            time.monotonic() - started,
         )
-        return [outputs[id(piece)] for piece in pieces]
+        return [from_window(segments, row.span) if row.span else segments for row, segments in zip(rows, outputs)]
 
     def _forward(self, rows: list[_Row], model: Any, tokenizer: Any, options: Any) -> list[list[dict]]:
-        """faster-whisper's batched forward pass over `rows`, words aligned per row group,
-        decoded by `_Decoder` (sampling, the temperature fallback); each segment dict gets
-        the temperature its row was decoded at."""
-        import numpy as np
-        from faster_whisper.audio import pad_or_trim
-
-        features = np.stack([pad_or_trim(model.feature_extractor(row.audio)[..., :-1]) for row in rows])
+        """faster-whisper's batched forward pass over `rows` (encoder output from `_encode`),
+        words aligned per row group, decoded by `_Decoder` (sampling, the temperature
+        fallback); each segment dict gets the temperature its row was decoded at."""
+        features, encoder_output = self._encode(rows, model)
         groups: list[tuple[int, int, Any]] = []
         for index, row in enumerate(rows):
             if groups and groups[-1][2] is row.carry:
@@ -819,15 +814,55 @@ class WhisperEngine:
                 groups[-1] = (start, count + 1, carry)
             else:
                 groups.append((index, 1, row.carry))
-        timed = _PerJobWordTiming(model, groups)
-        packed = frozenset(index for index, row in enumerate(rows) if row.spans is not None)
-        decoder = _Decoder(model.model, tokenizer, options, no_fallback=packed)
+        timed = _PerJobWordTiming(model, groups, encoder_output)
+        starts = {index: start_token(row.span, tokenizer) for index, row in enumerate(rows) if row.span}
+        decoder = _Decoder(model.model, tokenizer, options, starts)
         timed.model = decoder  # what `forward` generates with
         outputs = self._pipeline_class(timed).forward(features, tokenizer, [row.meta for row in rows], options)
         for segments, temperature in zip(outputs, decoder.temperatures):
             for segment in segments:
                 segment["temperature"] = temperature
         return outputs
+
+    def _encode(self, rows: list[_Row], model: Any) -> tuple[Any, Any]:
+        """Whisper's features (one array per row) and encoder output (a `StorageView`, one
+        row per row) for a batch, with one encoder pass per window: rows of a shared window
+        are encoded once, and each then keeps only its own frames (`encoder_frames`), the
+        rest replaced by the encoding of an empty window (zero features: what follows a
+        short piece decoded alone). Encoder output stays on its device (torch on CUDA)."""
+        import numpy as np
+        from faster_whisper.audio import pad_or_trim
+
+        windows: dict[int, int] = {}
+        unique: list[Any] = []
+        for row in rows:
+            if id(row.audio) not in windows:
+                windows[id(row.audio)] = len(unique)
+                unique.append(pad_or_trim(model.feature_extractor(row.audio)[..., :-1]))
+        order = [windows[id(row.audio)] for row in rows]
+        features = np.stack([unique[index] for index in order])
+        encoded = model.encode(np.stack(unique))
+        if not any(row.span for row in rows):
+            return features, encoded
+        array = _device_array(encoded)
+        empty = _device_array(self._empty_encoding(model))
+        output = array[order]  # a copy (numpy and torch both copy on indexing by a list), one row per row
+        for number, (row, index) in enumerate(zip(rows, order)):
+            if row.span:
+                first, stop = encoder_frames(row.span, frames=output.shape[1])
+                output[number] = empty[0]
+                output[number, first:stop] = array[index, first:stop]
+        return features, _storage(output)
+
+    def _empty_encoding(self, model: Any) -> Any:
+        """The encoder output (1 x 1500 x width) of a window of zero features, once per model."""
+        import numpy as np
+
+        key = id(model)
+        if key not in self._empty:
+            mels = model.feature_extractor.mel_filters.shape[0]
+            self._empty[key] = model.encode(np.zeros((1, mels, model.feature_extractor.nb_max_frames), dtype=np.float32))
+        return self._empty[key]
 
     @staticmethod
     def _packs(piece: Piece) -> bool:

@@ -133,7 +133,7 @@ def test_whisper_engine_on_the_cpu_or_with_the_cuda_layout_forced(gpus, monkeypa
     # A live copy and a niced recording copy, each with a CTranslate2 worker per lane.
     assert [b["num_workers"] for b in _RecordedWhisperModel.built] == [2, 2]
     assert engine.scheduler.batch_size == 2 and engine.scheduler.lane_nice == RECORDING_NICE
-    assert not engine.live_packing and engine.scheduler.live_batch_size == 2  # packing is opt-in
+    assert engine.live_packing and engine.scheduler.live_batch_size == 2 * 4  # 4 chunks a window
     assert sorted(thread.name for thread in engine.scheduler._threads) == [
         "whisper-bulk0", "whisper-bulk1", "whisper-live0", "whisper-live1"
     ]
@@ -143,10 +143,10 @@ def test_whisper_engine_on_the_cpu_or_with_the_cuda_layout_forced(gpus, monkeypa
     forced.scheduler.stop()
     assert (forced.device, forced.layout, forced.lanes, forced.scheduler.batch_size) == ("cpu", "cuda", 1, 8)
     assert [(b["device"], b["num_workers"]) for b in _RecordedWhisperModel.built] == [("cpu", 2)]
-    assert not forced.live_packing and forced.scheduler.live_batch_size == 8
-    packing = WhisperEngine(Settings(whisper_model="tiny.en", whisper_live_packing="on"))
-    packing.scheduler.stop()
-    assert packing.live_packing and packing.scheduler.live_batch_size == 2 * 5  # 5 chunks a window
+    assert forced.live_packing and forced.scheduler.live_batch_size == 8 * 4
+    alone = WhisperEngine(Settings(whisper_model="tiny.en", whisper_live_packing="off"))
+    alone.scheduler.stop()
+    assert not alone.live_packing and alone.scheduler.live_batch_size == 2
 
 
 def test_translator_on_a_gpu_asks_for_int8_float16(gpus, monkeypatch, m2m100_model: Path) -> None:  # noqa: F811

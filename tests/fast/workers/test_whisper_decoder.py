@@ -25,10 +25,11 @@ class FakeWhisper:
     text decoded, `scores` its score (default 0)."""
 
     def __init__(self, texts: dict[tuple[int, float], str], scores: dict[tuple[int, float], float] | None = None):
-        self.texts, self.scores, self.calls = texts, scores or {}, []
+        self.texts, self.scores, self.calls, self.prompts = texts, scores or {}, [], []
 
     def generate(self, encoder_output, prompts, **kwargs):
         rows = np.asarray(encoder_output)
+        self.prompts.append(prompts)
         self.calls.append(([prompt[0] for prompt in prompts], rows[:, 0, 0].tolist(), kwargs))
         temperature = kwargs["sampling_temperature"]
         return [
@@ -40,9 +41,10 @@ class FakeWhisper:
         ]
 
 
-def decode(model: FakeWhisper, temperature: float, rows: int = 2) -> tuple[list[str], list[float]]:
-    tokenizer = SimpleNamespace(decode=lambda tokens: " ".join(tokens))
-    decoder = _Decoder(model, tokenizer, SimpleNamespace(compression_ratio_threshold=2.4, best_of=5))
+def decode(model: FakeWhisper, temperature: float, rows: int = 2, starts: dict | None = None) -> tuple[list[str], list[float]]:
+    # Tokens are words here; "~" sorts after them all, as timestamp tokens come after text ones.
+    tokenizer = SimpleNamespace(decode=lambda tokens: " ".join(tokens), timestamp_begin="~")
+    decoder = _Decoder(model, tokenizer, SimpleNamespace(compression_ratio_threshold=2.4, best_of=5), starts)
     encoder_output = ctranslate2.StorageView.from_array(np.arange(rows, dtype=np.float32).reshape(rows, 1, 1).repeat(3, 1))
     results = decoder.generate(encoder_output, [[row] for row in range(rows)], sampling_temperature=temperature, **BEAM)
     return [" ".join(result.sequences_ids[0]) for result in results], decoder.temperatures
@@ -79,3 +81,15 @@ def test_when_every_try_loops_the_most_probable_is_kept() -> None:
     model = FakeWhisper(texts, scores={(0, 0.6): -0.1, **{(0, t): -1.0 for t in temperatures if t != 0.6}})
     assert decode(model, 0.0, rows=1) == ([texts[(0, 0.6)]], [0.6])
     assert [call[2]["sampling_temperature"] for call in model.calls] == list(temperatures)
+
+
+def test_a_shared_row_starts_at_its_timestamp_token_and_keeps_its_first_try() -> None:
+    """A row of a shared window (`starts`) ends its prompt with its start token and its
+    result begins with it, as if Whisper had predicted it; it is not sampled again (its
+    piece is decoded again alone instead, `_failed`); a row that opens with a timestamp of
+    its own keeps it."""
+    model = FakeWhisper({(0, 0.0): LOOP, (1, 0.0): LOOP, (2, 0.0): "~0.40 " + GOOD, (0, 0.2): GOOD})
+    texts, temperatures = decode(model, 0.0, rows=3, starts={1: "~8.12", 2: "~0.00"})
+    assert texts == [GOOD, "~8.12 " + LOOP, "~0.40 " + GOOD] and temperatures == [0.2, 0.0, 0.0]
+    assert model.prompts[0] == [[0], [1, "~8.12"], [2, "~0.00"]]
+    assert [prompt for call in model.prompts[1:] for prompt in call] == [[0]]  # only the row alone falls back

@@ -17,10 +17,11 @@ the recording lane and one for the live lane):
 - tiny.en (real weights, carried int8 and computed in float16): WER on pyannote's sample;
   two requests decoded in one batch (each must get the words it gets alone); the real-time factor (RTF: processing seconds per audio second) of a recording of real
   speech (the sample looped) at batch sizes 1, 8 and 16; a live clip's latency alone and
-  while a recording batch runs; GPU memory;
+  while a recording batch runs; about 24 live chunks queued at once, a window each against
+  packed (shared encoder passes), time and WER; GPU memory;
 - large-v3-turbo's architecture (32 encoder and 4 decoder layers, 1280 wide, 128 mel bins)
   with random weights, built with transformers and converted with CTranslate2 here, since
-  real weights cannot travel: the same figures, each piece decoded to tiny.en's measured
+  real weights cannot travel: the same figures (packing: time only), each piece decoded to tiny.en's measured
   token count (random weights would otherwise run to Whisper's 448-token limit);
 - the translator on a tiny random M2M100 with CUDA's compute type (int8_float16).
 `run diarizer` prints the fast diarizer on PyTorch (`FastDiarizer(backend="torch")`, CUDA's
@@ -73,6 +74,8 @@ SAMPLE_RATE = 16000  # Hz
 BATCH_SIZES = (1, 8, 16)
 LIVE_CLIP = (6.5, 11.5)  # seconds of the sample sent as the live clip (5 s of speech)
 LIVE_CLIPS = 5  # live clips sent one after another while a recording runs
+LIVE_CHUNK_SECONDS = 5.12  # Reflector's live chunk: 256 WebRTC frames of 20 ms
+LIVE_TILINGS = 4  # cuttings of the sample into live chunks, queued at once (about 24 chunks)
 # The packages each call carries (pip names), at the versions installed here. Found by
 # running the rehearsal with only the GPU machine's own packages importable
 # (tests/service/deploy/test_device_check.py); pyannote.audio's telemetry and
@@ -564,6 +567,48 @@ def live_lane(engine, samples, clip, report: Report, label: str) -> None:
     )
 
 
+def live_packing(engine, sample, reference: str | None, report: Report, label: str) -> None:
+    """Reflector's live chunks (5.12 s) of `LIVE_TILINGS` cuttings of the sample, queued at
+    once as live requests, decoded with packing off (a window each) and on (up to
+    `PIECES_PER_WINDOW` chunks share an encoder pass, each decoded in its own row of masked
+    encoder output: `app.workers.whisper.WhisperEngine._encode`, through PyTorch on CUDA):
+    the time each takes and, with a `reference`, the mean WER of the tilings' joined text."""
+    from app.workers.messages import TranscribeRequest
+    from app.workers.whisper import PIECES_PER_WINDOW
+    from testing.wer import word_error_rate
+
+    chunk = round(LIVE_CHUNK_SECONDS * SAMPLE_RATE)
+    tilings = []
+    for tiling in range(LIVE_TILINGS):
+        first = tiling * chunk // LIVE_TILINGS
+        cuts = [0, *range(first or chunk, len(sample), chunk), len(sample)]
+        tilings.append([sample[a:b] for a, b in zip(cuts, cuts[1:]) if b > a])
+    packing, live_batch = engine.live_packing, engine.scheduler.live_batch_size
+    batch = live_batch // PIECES_PER_WINDOW if packing else live_batch
+    figures = {}
+    try:
+        for mode in (False, True):
+            engine.live_packing, engine.scheduler.live_batch_size = mode, batch * (PIECES_PER_WINDOW if mode else 1)
+            started = time.perf_counter()
+            jobs = [[engine.prepare_samples(TranscribeRequest(path="", language="en", priority="live"), piece)
+                     for piece in tiling] for tiling in tilings]
+            with engine.scheduler._lock:  # all queued before a lane looks
+                futures = [[engine.scheduler.submit(job) for job in row] for row in jobs]
+            texts = [" ".join(future.result().text for future in row) for row in futures]
+            seconds = time.perf_counter() - started
+            rate = statistics.mean(word_error_rate(reference, text) for text in texts) if reference else None
+            figures[mode] = (seconds, rate)
+    finally:
+        engine.live_packing, engine.scheduler.live_batch_size = packing, live_batch
+    (alone, alone_wer), (packed, packed_wer) = figures[False], figures[True]
+    accuracy = f"; WER {alone_wer:.3f} / {packed_wer:.3f} ({packed_wer - alone_wer:+.3f})" if reference else ""
+    report.figure(
+        f"{label} live packing",
+        f"{sum(map(len, tilings))} live chunks queued at once, a window each / packed: {alone:.2f} s / "
+        f"{packed:.2f} s ({alone / packed:.2f}x){accuracy}",
+    )
+
+
 def build_production_whisper(tokenizer_dir: Path, work: Path, config: dict, device: str) -> Path:
     """A CTranslate2 Whisper directory of `config`'s architecture with random weights:
     built with transformers (on `device`, float16), saved, converted with CTranslate2's own
@@ -639,6 +684,8 @@ def production_whisper(args, paths: Paths, samples, busy, clip, memory: Memory, 
             batch_sweep(engine, samples, memory, report, label)
         with report.guard(f"{label} live lane"):
             live_lane(engine, busy, clip, report, label)
+        with report.guard(f"{label} live packing"):
+            live_packing(engine, samples[: len(clip) * 6], None, report, label)
     finally:
         engine.scheduler.stop()
         del engine
@@ -692,6 +739,8 @@ def whisper_part(args, paths: Paths, report: Report) -> None:
                 batch_sweep(engine, recording, memory, report, "tiny.en")
             with report.guard("tiny.en live lane"):
                 live_lane(engine, busy, clip, report, "tiny.en")
+            with report.guard("tiny.en live packing"):
+                live_packing(engine, sample, reference_words(paths.audio), report, "tiny.en")
         finally:
             engine.scheduler.stop()
             del engine

@@ -7,8 +7,10 @@ regions merged into pieces of at most 30 s, language detected when not given), t
 pieces join the worker's `app.workers.scheduler.Scheduler`, which decodes pieces of many
 requests together in batches of up to `REFLECTOR_GPU_WHISPER_BATCH_SIZE` with
 faster-whisper's batched calls (`BatchedInferencePipeline.forward`: one encoder pass and one
-beam search, `REFLECTOR_GPU_WHISPER_BEAM_SIZE`, over the batch), live pieces first. When a
-request's last piece is done, its words are mapped back to its own timeline, exactly as
+beam search, `REFLECTOR_GPU_WHISPER_BEAM_SIZE`, over the batch), live pieces first; short
+live pieces of several requests share encoder passes (`batch_rows`,
+`WhisperEngine._encode`) and are each decoded in a row of their own. When a request's last
+piece is done, its words are mapped back to its own timeline, exactly as
 `BatchedInferencePipeline.transcribe` does for one file. Heavy imports happen in
 `WhisperEngine.__init__` only.
 """

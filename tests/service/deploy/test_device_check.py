@@ -24,8 +24,8 @@ import device_check
 FIGURES = {
     "whisper": [
         "python", "cpu", "tiny.en load", "tiny.en WER", "tiny.en mixed batch", "tiny.en batch 1", "tiny.en batch 8", "tiny.en batch 16",
-        "tiny.en live lane", *(f"reduced turbo-shaped (random) {name}" for name in (
-            "build", "load", "decoding", "batch 1", "batch 8", "batch 16", "live lane")),
+        "tiny.en live lane", "tiny.en live packing", *(f"reduced turbo-shaped (random) {name}" for name in (
+            "build", "load", "decoding", "batch 1", "batch 8", "batch 16", "live lane", "live packing")),
         "translator (tiny random M2M100)",
     ],
     "diarizer": ["python", "cpu", "load", "DER", "1-min meeting"],

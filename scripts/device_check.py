@@ -44,6 +44,7 @@ import ctypes
 import dataclasses
 import gc
 import importlib.metadata
+import itertools
 import json
 import logging
 import math
@@ -582,7 +583,7 @@ def live_packing(engine, sample, reference: str | None, report: Report, label: s
     for tiling in range(LIVE_TILINGS):
         first = tiling * chunk // LIVE_TILINGS
         cuts = [0, *range(first or chunk, len(sample), chunk), len(sample)]
-        tilings.append([sample[a:b] for a, b in zip(cuts, cuts[1:]) if b > a])
+        tilings.append([sample[a:b] for a, b in itertools.pairwise(cuts) if b > a])
     packing, live_batch = engine.live_packing, engine.scheduler.live_batch_size
     batch = live_batch // PIECES_PER_WINDOW if packing else live_batch
     figures = {}
@@ -685,7 +686,7 @@ def production_whisper(args, paths: Paths, samples, busy, clip, memory: Memory, 
         with report.guard(f"{label} live lane"):
             live_lane(engine, busy, clip, report, label)
         with report.guard(f"{label} live packing"):
-            live_packing(engine, samples[: len(clip) * 6], None, report, label)
+            live_packing(engine, samples[: 30 * SAMPLE_RATE], None, report, label)  # the sample's length
     finally:
         engine.scheduler.stop()
         del engine

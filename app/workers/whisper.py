@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -274,17 +275,22 @@ def _token_budget(rows: Sequence[_Row], options: Any) -> int:
     return max(16, min(room, math.ceil(TOKENS_PER_SECOND * longest) + 16))
 
 
+def _loops(text: str, options: Any) -> bool:
+    """Whether `text` is too repetitive for Whisper (faster-whisper's zlib compression ratio
+    over `compression_ratio_threshold`, 2.4): a repetition loop."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return get_compression_ratio(text.strip()) > options.compression_ratio_threshold
+
+
 def _failed(segments: list[dict], options: Any) -> bool:
     """Whether a shared row's decoding (its segment dicts) failed Whisper's own checks, so
     that its piece is decoded again in a window of its own: no word, although VAD found
     speech in the piece, or text too repetitive (zlib compression ratio over
     `compression_ratio_threshold`: a repetition loop, which a neighbour's audio in the
-    encoder's context can set off)."""
-    from faster_whisper.transcribe import get_compression_ratio
-
-    text = "".join(segment["text"] for segment in segments).strip()
+    encoder's context can set off, `_loops`)."""
     words = any(segment.get("words") for segment in segments)
-    return not words or get_compression_ratio(text) > options.compression_ratio_threshold
+    return not words or _loops("".join(segment["text"] for segment in segments), options)
 
 
 def _alone(piece: Piece) -> _Row:
@@ -392,10 +398,7 @@ class _Decoder:
         return results
 
     def _repeats(self, result: Any) -> bool:
-        from faster_whisper.transcribe import get_compression_ratio
-
-        text = self._tokenizer.decode(result.sequences_ids[0]).strip()
-        return get_compression_ratio(text) > self._options.compression_ratio_threshold
+        return _loops(self._tokenizer.decode(result.sequences_ids[0]), self._options)
 
     def _generate(self, encoder_output: Any, prompts: list, temperature: float, kwargs: dict) -> list:
         kwargs = {**kwargs, "sampling_temperature": temperature}
@@ -497,7 +500,8 @@ class WhisperEngine:
         self.models = [self._load(name) for name in choice.serve]  # replaced whole by a switch
         self._pipeline_class = BatchedInferencePipeline
         self._cache_lock = threading.Lock()
-        self._empty: dict[int, Any] = {}  # id(model): `_empty_encoding`
+        # `_empty_encoding` per faster-whisper model, dropped with a model a switch replaces
+        self._empty: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self.live_packing = settings.whisper_live_packing == "on"  # docs/scheduling.md#live-capacity
         batch = settings.whisper_batch(self.layout)
         self.scheduler = Scheduler(
@@ -776,8 +780,8 @@ class WhisperEngine:
         job's model, its `live` copy or its recording one, with faster-whisper's batched
         forward pass; one list of segment dicts per piece.
 
-        With `live_packing`, short live pieces share windows (`batch_rows`): up to five
-        pieces of different requests go through the encoder as one 30-s window, and each is
+        With `live_packing`, short live pieces share windows (`batch_rows`): up to
+        `PIECES_PER_WINDOW` pieces of different requests go through the encoder as one 30-s window, and each is
         then decoded in a row of its own that sees only its own part of the encoder output
         (`_encode`) and starts at its own place (`start_token`), so no request's audio or
         text reaches another's decoder. Batches of live pieces decode at most
@@ -795,8 +799,9 @@ class WhisperEngine:
         if again:
             alone = [_alone(rows[index].piece) for index in again]
             options = dataclasses.replace(options, max_new_tokens=_token_budget(alone, options))
-            for index, segments in zip(again, self._forward(alone, model, first.tokenizer, options)):
-                rows[index], outputs[index] = alone[again.index(index)], segments
+            redone = self._forward(alone, model, first.tokenizer, options)
+            for index, row, segments in zip(again, alone, redone):
+                rows[index], outputs[index] = row, segments
         log.debug(
             "batch on %s: %d pieces, %d windows, %d decoded again alone, %.2f s",
             threading.current_thread().name, len(pieces), len({id(row.audio) for row in rows}), len(again),
@@ -842,10 +847,11 @@ class WhisperEngine:
                 windows[id(row.audio)] = len(unique)
                 unique.append(pad_or_trim(model.feature_extractor(row.audio)[..., :-1]))
         order = [windows[id(row.audio)] for row in rows]
-        features = np.stack([unique[index] for index in order])
-        encoded = model.encode(np.stack(unique))
-        if not any(row.span for row in rows):
-            return features, encoded
+        stacked = np.stack(unique)
+        encoded = model.encode(stacked)
+        if not any(row.span for row in rows):  # a window a row: the features are the rows'
+            return stacked, encoded
+        features = stacked[order]
         array = _device_array(encoded)
         empty = _device_array(self._empty_encoding(model))
         output = array[order]  # a copy (numpy and torch both copy on indexing by a list), one row per row
@@ -860,11 +866,10 @@ class WhisperEngine:
         """The encoder output (1 x 1500 x width) of a window of zero features, once per model."""
         import numpy as np
 
-        key = id(model)
-        if key not in self._empty:
+        if model not in self._empty:
             mels = model.feature_extractor.mel_filters.shape[0]
-            self._empty[key] = model.encode(np.zeros((1, mels, model.feature_extractor.nb_max_frames), dtype=np.float32))
-        return self._empty[key]
+            self._empty[model] = model.encode(np.zeros((1, mels, model.feature_extractor.nb_max_frames), dtype=np.float32))
+        return self._empty[model]
 
     @staticmethod
     def _packs(piece: Piece) -> bool:
